@@ -1,0 +1,125 @@
+"""The `cvtool` Typer app: parses argv and hands Hydra overrides to the command modules."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import typer
+
+from cvtool.config.locate import GROUPS, group_choices
+from cvtool.errors import CvtoolError, ExitRequest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Train, evaluate, export and explain convolutional networks for computer vision.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the composed configuration.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=choice, +new_key=value.", show_default=False)
+MULTIRUN = typer.Option(False, "-m", "--multirun", help="Sweep: comma-separated values run one job each.")
+
+
+def groups_epilog() -> str:
+    lines = ["[bold]Config groups[/bold] (choose with GROUP=NAME):"]
+    lines += [f"  {group}: {', '.join(group_choices(group)) or '-'}" for group in GROUPS]
+    lines.append("Example: cvtool train task=classification model=resnet18 model.small_input=true trainer.epochs=5")
+    return "\n\n".join(lines)
+
+
+def _invoke(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
+    """Import a command module lazily and run it; user errors become one line and exit code 2."""
+    try:
+        return getattr(importlib.import_module(f"cvtool.commands.{module}"), function)(*args, **kwargs)
+    except CvtoolError as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {err.line()}", err=True)
+        raise typer.Exit(2) from None
+    except ExitRequest as request:
+        typer.echo(request.message, err=True)
+        raise typer.Exit(request.code) from None
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command(epilog=groups_epilog())
+def train(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Train a model (default: classification on the embedded shapes data). resume=PATH|auto continues a run."""
+    _invoke("train", "main", overrides or [], multirun=multirun)
+
+
+@app.command("eval", epilog=groups_epilog())
+def evaluate(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Evaluate a checkpoint (ckpt=PATH) on a dataset split; writes metrics.json (and json=PATH)."""
+    _invoke("evaluate", "main", overrides or [], multirun=multirun)
+
+
+@app.command(epilog=groups_epilog())
+def predict(overrides: list[str] = OVERRIDES) -> None:
+    """Run a checkpoint (ckpt=PATH) on source=IMAGE|DIR; writes result files and overlay images."""
+    _invoke("predict", "main", overrides or [])
+
+
+@app.command(epilog=groups_epilog())
+def export(overrides: list[str] = OVERRIDES) -> None:
+    """Export a checkpoint (ckpt=PATH) to format=onnx|torchscript|torch_export, verified numerically."""
+    _invoke("unavailable", "main", "export", overrides or [])
+
+
+@app.command(epilog=groups_epilog())
+def visualize(method: str = typer.Argument(..., help="saliency, gradcam, guided_backprop, occlusion, filters, ..."),
+              overrides: list[str] = OVERRIDES) -> None:
+    """Explain a checkpoint's decisions (saliency maps, Grad-CAM, ...)."""
+    _invoke("unavailable", "main", f"visualize {method}", overrides or [])
+
+
+@app.command(epilog=groups_epilog())
+def inspect(overrides: list[str] = OVERRIDES) -> None:
+    """Per-layer shapes, parameters, FLOPs and receptive fields of a model."""
+    _invoke("unavailable", "main", "inspect", overrides or [])
+
+
+@app.command()
+def models(pattern: str = typer.Argument("*", help="fnmatch pattern, e.g. 'resnet*'"),
+           task: str = typer.Option(None, "--task", help="only models of this task")) -> None:
+    """List the registered models with their parameter counts."""
+    _invoke("models", "main", pattern, task)
+
+
+@config_app.command("show", epilog=groups_epilog())
+def config_show(command: str = typer.Argument("train", help="train, eval, predict, ..."),
+                overrides: list[str] = OVERRIDES) -> None:
+    """Print the composed config of COMMAND with the given overrides (nothing runs)."""
+    _invoke("config_show", "main", command, overrides or [])
+
+
+@data_app.command("synth", epilog=groups_epilog())
+def data_synth(overrides: list[str] = OVERRIDES) -> None:
+    """Generate the synthetic shapes dataset of the composed config (e.g. task=detection) under datasets/."""
+    _invoke("data", "synth", overrides or [])
+
+
+@data_app.command("check", epilog=groups_epilog())
+def data_check(overrides: list[str] = OVERRIDES) -> None:
+    """Read every item of the configured dataset splits and report unreadable/invalid files."""
+    _invoke("data", "check", overrides or [])
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Build the pieces every command needs from the composed config (the only Hydra-aware builders)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cvtool.data.samplers import ResumableSampler, ShardSampler
+from cvtool.engine.hardware import Hardware, init_distributed, resolve_hardware
+from cvtool.tasks import build_task
+from cvtool.utils import distributed as dist
+from cvtool.utils.seeding import seed_everything
+
+log = logging.getLogger("cvtool")
+
+
+def plain(node) -> dict | list:
+    """A resolved plain-Python copy of a config node (what the layers below Hydra receive)."""
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def setup(cfg: DictConfig) -> Hardware:
+    """Join DDP if asked, resolve the device/precision, seed everything (per rank, for varied augmentation)."""
+    hw = plain(cfg.hardware)
+    init_distributed(hw)
+    hardware = resolve_hardware(hw)
+    seed_everything(cfg.seed + dist.rank(), cfg.deterministic)
+    return hardware
+
+
+def task_from(cfg: DictConfig):
+    return build_task(cfg.task.name, plain(cfg.task), plain(cfg.dataset))
+
+
+def transforms(specs) -> torch.nn.Module | None:
+    """Instantiate a list of `_target_` transform specs into a transforms.v2.Compose (None when empty)."""
+    from hydra.utils import instantiate
+    from torchvision.transforms import v2
+
+    items = [instantiate(spec) for spec in specs or []]
+    return v2.Compose(items) if items else None
+
+
+def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torch.utils.data.DataLoader:
+    """Training: resumable per-epoch-seeded shuffling (DistributedSampler); evaluation: unpadded shards."""
+    if train:
+        sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+                                   seed=cfg.seed)
+        batch_size = cfg.data.batch_size
+    else:
+        sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
+        batch_size = cfg.data.eval_batch_size
+    workers = cfg.data.workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=hardware.pin_memory,
+        drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
+        persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def limited(dataset, limit: int | None, seed: int):
+    """A seeded random subset of `limit` items (keeps class names and description), or the dataset itself."""
+    if not limit or limit >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+    subset = torch.utils.data.Subset(dataset, order)
+    subset.classes, subset.source = dataset.classes, f"{dataset.source}, subset of {limit}"
+    return subset
+
+
+def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """`optim` is a partial `_target_`; norm layers and biases get no weight decay unless asked."""
+    from hydra.utils import instantiate
+
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 and not cfg.trainer.decay_norm_and_bias else decay).append(param)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return instantiate(cfg.optim)([g for g in groups if g["params"]])
+
+
+def to_device(model: torch.nn.Module, hardware: Hardware) -> torch.nn.Module:
+    model = model.to(hardware.device)
+    if hardware.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def run_dir_path(run_dir: Path | None) -> Path | None:
+    """Rank 0's run dir (None elsewhere), with its checkpoints/ and plots/ sub-dirs."""
+    if run_dir is None or not dist.is_main():
+        return None
+    for sub in ("checkpoints", "plots"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir

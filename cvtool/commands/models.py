@@ -1,0 +1,32 @@
+"""`cvtool models [PATTERN]`: the registry as a table (parameters counted on the meta device: no memory)."""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from cvtool.errors import CvtoolError
+from cvtool.models import count_parameters, create_model, list_models, model_info
+
+
+def parameter_count(name: str, num_classes: int = 1000) -> int:
+    with torch.device("meta"):
+        return count_parameters(create_model(name, num_classes=num_classes))
+
+
+def main(pattern: str = "*", task: str | None = None) -> list[str]:
+    names = list_models(pattern, task=task)
+    if not names:
+        raise CvtoolError(f"no model matches '{pattern}'" + (f" for task {task}" if task else ""),
+                          where="cvtool models", fix="run `cvtool models` to see all names")
+    table = Table(title="cvtool models (parameters with 1000 classes)")
+    for column, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("min input", "right"),
+                            ("description", "left")):
+        table.add_column(column, justify=justify)
+    for name in names:
+        info = model_info(name)
+        table.add_row(name, info.task, f"{parameter_count(name) / 1e6:.2f}M", f"{info.min_size} px",
+                      info.description)
+    Console().print(table)
+    return names

@@ -1,0 +1,103 @@
+"""`cvtool train`: fit a model with the one Trainer; `train(cfg, run_dir)` is the pure entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cvtool import __version__
+from cvtool.config import runner
+from cvtool.engine.checkpoint import load_checkpoint
+from cvtool.engine.hooks import CheckpointHook, EarlyStopHook, EMAHook, EvalHook, LoggerHook, LRSchedulerHook
+from cvtool.engine.metrics_log import MetricsLogger, read_records
+from cvtool.engine.schedule import build_scheduler
+from cvtool.engine.trainer import Trainer
+from cvtool.errors import CvtoolError
+from cvtool.utils import distributed as dist
+from cvtool.utils.atomic import atomic_write_text
+
+from . import components as C
+from .checkpoints import check_compatible, resume_overrides
+
+log = logging.getLogger("cvtool.train")
+
+
+def main(overrides: list[str], multirun: bool = False) -> list[dict]:
+    if multirun and any(o.startswith("resume=") for o in overrides):
+        raise CvtoolError("resume= cannot be combined with a sweep (-m)", where="resume",
+                          fix="resume each job of the sweep separately")
+    return runner.run("train", resume_overrides(overrides), train, multirun=multirun)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path | None):
+    """Everything `train` needs, assembled from the config: (trainer, eval hook, class names)."""
+    hardware = C.setup(cfg)
+    task = C.task_from(cfg)
+    common = {"skip_invalid": cfg.data.skip_invalid, "seed": cfg.seed}
+    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg.dataset.train_transforms), **common)
+    val_set = task.open_split(cfg.dataset.split, C.transforms(cfg.dataset.eval_transforms), **common,
+                              classes=train_set.classes)
+    train_set = C.limited(train_set, cfg.data.limit, cfg.seed)
+    val_set = C.limited(val_set, cfg.data.limit and max(1, cfg.data.limit // 2), cfg.seed)
+    log.info("train: %s | val: %s", train_set.source, val_set.source)
+    model = C.to_device(task.build_model(C.plain(cfg.model), len(train_set.classes)), hardware)
+    train_loader = C.loader(train_set, cfg, hardware, train=True)
+    optimizer = C.optimizer(cfg, model)
+    scheduler = build_scheduler(optimizer, C.plain(cfg.sched), len(train_loader) // cfg.trainer.grad_accum,
+                                cfg.trainer.epochs)
+    meta = {"config": OmegaConf.to_yaml(cfg, resolve=True), "overrides": runner.current_overrides(),
+            "task": task.name, "model_name": cfg.model.name, "class_names": list(train_set.classes),
+            "cvtool_version": __version__}
+    t = cfg.trainer
+    trainer = Trainer(model, task, optimizer, scheduler, train_loader, hardware=hardware, epochs=t.epochs,
+                      grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, stop_after=t.stop_after,
+                      logger=MetricsLogger(run_dir, t.tensorboard), checkpoint_meta=meta)
+    evaluation = EvalHook(C.loader(val_set, cfg, hardware, train=False), task.build_evaluator(len(train_set.classes)),
+                          metric=cfg.task.metric, every=t.val_every)
+    trainer.register_hooks(lr=LRSchedulerHook())
+    if t.ema.enabled:
+        trainer.register_hooks(ema=EMAHook(model, t.ema.decay))
+    trainer.register_hooks(eval=evaluation)
+    if t.early_stop_patience:
+        trainer.register_hooks(early_stop=EarlyStopHook(evaluation, t.early_stop_patience))
+    trainer.register_hooks(logger=LoggerHook(t.log_every),
+                           checkpoint=CheckpointHook(run_dir / "checkpoints" if run_dir else None))
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, map_location=hardware.device)
+        check_compatible(state, task.name, train_set.classes)
+        trainer.load_state_dict(state)
+        log.info("resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch, trainer.step)
+    return trainer, evaluation, train_set.classes
+
+
+def train(cfg: DictConfig, run_dir: Path | None) -> dict:
+    """Train as configured; rank 0 writes the run dir. Returns the final metrics."""
+    run_dir = C.run_dir_path(run_dir)
+    trainer, evaluation, classes = build_trainer(cfg, run_dir)
+    if trainer.epoch >= trainer.epochs:
+        raise CvtoolError(f"this run already finished its {trainer.epochs} epochs", where=str(cfg.resume),
+                          fix=f"to train longer, resume with trainer.epochs=N (N > {trainer.epochs})")
+    started = time.perf_counter()
+    try:
+        trainer.fit()
+    finally:
+        trainer.logger.close()
+    result = {"task": cfg.task.name, "model": cfg.model.name, "metric": cfg.task.metric,
+              "best": evaluation.best, "best_epoch": evaluation.best_epoch, "epochs": trainer.epoch,
+              "steps": trainer.step, "train_time_s": time.perf_counter() - started,
+              "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size()}
+    if run_dir is not None:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
+        if cfg.trainer.plots:
+            from cvtool.viz.curves import plot_training_curves
+
+            plot_training_curves(read_records(run_dir / "metrics.jsonl"), run_dir / "plots" / "training_curves.png",
+                                 metric=f"val/{cfg.task.metric}")
+        log.info("best %s=%.4f (epoch %s); run dir: %s", cfg.task.metric, evaluation.best or float("nan"),
+                 evaluation.best_epoch, run_dir)
+    dist.shutdown()
+    return result

@@ -1,0 +1,72 @@
+"""Turn Hydra/OmegaConf composition errors into one-line CvtoolErrors with a did-you-mean hint."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf import DictConfig, ListConfig
+
+from cvtool.errors import CvtoolError
+
+from .locate import group_choices
+
+
+def dotted_keys(node, prefix: str = "") -> list[str]:
+    """All dotted key paths of a config (lists are leaves)."""
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            keys.append(path)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                keys += dotted_keys(child, path + ".")
+    return keys
+
+
+def suggest(word: str, candidates: list[str], n: int = 2) -> str:
+    close = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def unknown_key_error(key: str, known: list[str]) -> CvtoolError:
+    if not key.startswith("hydra."):
+        known = [k for k in known if not k.startswith("hydra.")]
+    hint = suggest(key, known)
+    fix = f"{hint} (+{key}=VALUE would add it as a new key)" if hint else (
+        "see `cvtool config show` for the valid keys; +KEY=VALUE adds a new key")
+    return CvtoolError(f"unknown config key '{key}'", where="override", fix=fix)
+
+
+def translate(exc: BaseException, known_keys) -> CvtoolError | None:
+    """Map a Hydra composition error to a CvtoolError; None if it is not a user error we recognise."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)/([^']+)'", text)
+        if found:
+            group, name = found.groups()
+            group = group.lstrip("/")
+            choices = group_choices(group)
+            hint = suggest(name, choices)
+            return CvtoolError(f"unknown {group} '{name}'", where=f"{group}={name}",
+                               fix=(hint + " " if hint else "") + f"choose one of: {', '.join(choices)}")
+        return CvtoolError(text.splitlines()[0], where="config")
+    if isinstance(exc, OverrideParseException):
+        return CvtoolError(f"cannot parse override: {text.splitlines()[0]}", where="command line",
+                           fix="write overrides as key=value (Hydra syntax), e.g. trainer.epochs=5")
+    if isinstance(exc, ConfigCompositionException):
+        key = re.search(r"Could not override '([^']+)'", text)
+        cause = exc.__cause__
+        if key and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            return unknown_key_error(key.group(1), known_keys())
+        appended = re.search(r"Could not append to config. An item is already at '([^']+)'", text)
+        if appended:
+            return CvtoolError(f"config key '{appended.group(1)}' already exists", where="override",
+                               fix=f"drop the '+': {appended.group(1)}=VALUE")
+        return CvtoolError(text.splitlines()[0], where="config",
+                           fix=str(cause).splitlines()[0] if cause else None)
+    return None

@@ -1,0 +1,136 @@
+"""The one place that drives Hydra's run/multirun machinery (hydra-core 1.3.x internals).
+
+Hydra keeps doing what it is good at (composition, run dir, `.hydra/` snapshot, log file, `-m` sweeps and
+sweeper plugins); we skip only its error reporting so user errors become one clean line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cvtool.errors import CvtoolError
+
+from .errors import dotted_keys, translate
+from .locate import conf_dir
+
+CONFIG_NAME = "config"
+Job = Callable[[DictConfig, "Path | None"], Any]
+
+
+@dataclass
+class _Failure:
+    """A job's exception carried past Hydra's run_job (which would print a line of its own)."""
+
+    error: BaseException
+
+
+def _create_hydra():
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+
+    return Hydra.create_main_hydra2(task_name="cvtool", config_search_path=create_config_search_path(
+        str(conf_dir())))
+
+
+def _clear() -> None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+
+
+def _with_command(command: str, overrides: list[str]) -> list[str]:
+    return [f"command={command}", *overrides]
+
+
+def _compose(hydra, overrides: list[str]) -> DictConfig:
+    from hydra.types import RunMode
+
+    return hydra.compose_config(CONFIG_NAME, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+
+
+def _translated(hydra, overrides: list[str], exc: BaseException) -> BaseException:
+    base = [o for o in overrides if o.startswith("command=") or "=" in o and o.split("=")[0] in (
+        "task", "model", "dataset")]
+
+    def known_keys() -> list[str]:
+        try:
+            return dotted_keys(_compose(hydra, base))
+        except Exception:
+            return []
+
+    return translate(exc, known_keys) or exc
+
+
+def compose(command: str, overrides: list[str]) -> DictConfig:
+    """Compose the config as a run would see it, without creating a run dir (config show, DDP ranks > 0)."""
+    overrides = _with_command(command, overrides)
+    hydra = _create_hydra()
+    try:
+        try:
+            cfg = _compose(hydra, overrides)
+        except CvtoolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised as is
+            raise _translated(hydra, overrides, exc) from exc
+        with_hydra = cfg
+        cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra.keys() if k != "hydra"])
+        OmegaConf.set_struct(cfg, True)
+        return cfg
+    finally:
+        _clear()
+
+
+def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False) -> list[Any]:
+    """Run `job(cfg, run_dir)` once (or once per sweep point with `multirun`) through Hydra's launcher.
+
+    Ranks > 0 of a torchrun job compose the same config but get no run dir (only rank 0 writes).
+    """
+    if int(os.environ.get("RANK", "0")) > 0:
+        return [job(compose(command, overrides), None)]
+    overrides = _with_command(command, overrides)
+    results: list[Any] = []
+
+    def task_function(cfg: DictConfig) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+
+        try:
+            result = job(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
+            return _Failure(exc)
+        results.append(result)
+        return result
+
+    hydra = _create_hydra()
+    try:
+        try:
+            if multirun:
+                returns = hydra.multirun(CONFIG_NAME, task_function, overrides + ["hydra.mode=MULTIRUN"])
+                returns = [r for batch in returns for r in batch]
+            else:
+                returns = [hydra.run(CONFIG_NAME, task_function, overrides + ["hydra.mode=RUN"])]
+        except Exception as exc:  # noqa: BLE001
+            raise _translated(hydra, overrides, exc) from exc
+    finally:
+        _clear()
+    for ret in returns:
+        value = ret._return_value
+        if isinstance(value, _Failure):
+            raise value.error
+        if isinstance(value, BaseException):  # a failure raised outside our wrapper (e.g. in a callback)
+            raise value
+    return results
+
+
+def current_overrides() -> list[str]:
+    """The task overrides of the running Hydra job ([] outside one, e.g. on DDP ranks > 0)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)

@@ -1,0 +1,56 @@
+"""Checkpoint files: plain dicts of tensors and Python types, written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cvtool.errors import CvtoolError
+from cvtool.utils.atomic import atomic_write
+
+REQUIRED_KEYS = ("model", "config", "task", "class_names")
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write `state` to `path` atomically (an interrupted write never leaves a half file in place)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a checkpoint file or a run dir (-> its checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise CvtoolError("no checkpoint found in directory", where=str(path),
+                          fix="pass a .pt file or a run dir containing checkpoints/last.pt")
+    if not path.is_file():
+        raise CvtoolError("checkpoint file not found", where=str(path),
+                          fix="check the path (runs/<task>/train/<timestamp>/checkpoints/last.pt or best.pt)")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a cvtool checkpoint (never unpickles arbitrary objects)."""
+    path = resolve_checkpoint_path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
+        raise CvtoolError(f"cannot read checkpoint: {str(exc).splitlines()[0][:160]}", where=str(path),
+                          fix="the file is corrupt, truncated or not a cvtool checkpoint; use another one") from exc
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        raise CvtoolError(f"not a cvtool checkpoint (missing {', '.join(missing)})", where=str(path),
+                          fix="pass a checkpoint written by `cvtool train` (checkpoints/last.pt or best.pt)")
+    state["path"] = str(path)
+    return state
+
+
+def model_weights(state: dict) -> dict:
+    """The weights to deploy: the EMA average when the run kept one (validation used it), else the raw model."""
+    ema = state.get("hooks", {}).get("ema")
+    if ema:
+        return {key[len("module."):]: value for key, value in ema.items() if key.startswith("module.")}
+    return state["model"]

@@ -1,0 +1,75 @@
+"""Resolve the `hardware/` config into concrete devices, precision and memory-format choices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cvtool.errors import CvtoolError
+from cvtool.utils import distributed as dist
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None = full precision
+    channels_last: bool
+    pin_memory: bool
+    compile: bool
+    distributed: bool
+    sync_bn: bool
+
+    @property
+    def use_grad_scaler(self) -> bool:
+        return self.amp_dtype == torch.float16
+
+
+def _device(name: str, distributed: bool) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CvtoolError("hardware asks for a CUDA GPU but none is available", where=f"device={name}",
+                              fix="use hardware=cpu (or hardware=auto to pick the GPU only when present)")
+        if distributed or name == "cuda":
+            name = f"cuda:{dist.local_rank() if distributed else torch.cuda.current_device()}"
+    return torch.device(name)
+
+
+def _auto(value, default: bool) -> bool:
+    return default if value == "auto" else bool(value)
+
+
+def resolve_hardware(cfg: dict) -> Hardware:
+    """`cfg` is the plain `hardware` config section."""
+    distributed = bool(cfg["distributed"])
+    if distributed and not dist.launched_by_torchrun():
+        raise CvtoolError("hardware=ddp needs to be launched by torchrun", where="hardware=ddp",
+                          fix="run: torchrun --nproc_per_node=N -m cvtool train hardware=ddp ...")
+    device = _device(str(cfg["device"]), distributed)
+    cuda = device.type == "cuda"
+    amp = str(cfg["amp"])
+    if amp == "auto":
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None, "False": None}
+    if amp not in dtypes:
+        raise CvtoolError(f"unknown hardware.amp '{amp}'", where="hardware.amp", fix="use auto, bf16, fp16 or off")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = bool(cfg["cudnn_benchmark"])
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    return Hardware(device=device, amp_dtype=dtypes[amp], channels_last=_auto(cfg["channels_last"], cuda),
+                    pin_memory=_auto(cfg["pin_memory"], cuda), compile=bool(cfg["compile"]),
+                    distributed=distributed, sync_bn=bool(cfg["sync_bn"]))
+
+
+def init_distributed(hw_cfg: dict) -> None:
+    """Join the torchrun process group when hardware.distributed is set (NCCL on GPUs, gloo on CPU)."""
+    if not hw_cfg["distributed"] or not dist.launched_by_torchrun():
+        return
+    backend = hw_cfg["backend"]
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() and hw_cfg["device"] != "cpu" else "gloo"
+    dist.init(backend)

@@ -1,0 +1,178 @@
+"""The one training loop for every task: the task adapter's training_step returns {"loss": ..., ...}.
+
+AMP, gradient accumulation/clipping, channels_last and DDP are handled here; everything else (LR schedule,
+EMA, validation, checkpoints, logging, early stop) lives in small hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import torch
+
+from cvtool.errors import ExitRequest
+from cvtool.utils import distributed as dist
+from cvtool.utils.seeding import rng_state, set_rng_state
+
+from .hardware import Hardware
+from .hooks import Hook
+from .inference import autocast
+from .metrics_log import MetricsLogger
+
+log = logging.getLogger("cvtool.train")
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, task, optimizer: torch.optim.Optimizer, scheduler, train_loader,
+                 *, hardware: Hardware, epochs: int, grad_accum: int, clip_grad_norm: float | None,
+                 stop_after: int | None, logger: MetricsLogger, checkpoint_meta: dict):
+        self.module = model  # the unwrapped model (what gets saved)
+        self.model = model   # what is called: DDP and/or torch.compile wrapped
+        if hardware.distributed:
+            if hardware.sync_bn:
+                model = self.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            device_ids = [hardware.device.index] if hardware.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if hardware.compile:
+            self.model = torch.compile(self.model)
+        self.eval_model = model
+        self.task, self.optimizer, self.scheduler, self.loader = task, optimizer, scheduler, train_loader
+        self.hardware, self.epochs, self.grad_accum = hardware, epochs, grad_accum
+        self.clip_grad_norm, self.stop_after, self.logger = clip_grad_norm, stop_after, logger
+        self.checkpoint_meta = checkpoint_meta
+        self.scaler = torch.amp.GradScaler(hardware.device.type, enabled=hardware.use_grad_scaler)
+        self.hooks: dict[str, Hook] = {}
+        self.epoch = self.step = self.batch_in_epoch = 0
+        self.steps_per_epoch_batches = len(train_loader)
+        self.steps_per_epoch = max(1, self.steps_per_epoch_batches // grad_accum)
+        self.should_stop = self.improved = self.stopping_early = False
+        self.val_metrics_this_epoch: dict | None = None
+        self.last_batch_size, self.lr = 0, 0.0
+        self._signal: int | None = None
+
+    def register_hooks(self, **hooks: Hook) -> None:
+        """Hooks run in registration order (evaluation must come before checkpointing)."""
+        self.hooks.update(hooks)
+
+    def _call(self, event: str, *args) -> None:
+        for hook in self.hooks.values():
+            getattr(hook, event)(self, *args)
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "hooks": {name: hook.state_dict() for name, hook in self.hooks.items()},
+                "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "rng": rng_state(), **self.checkpoint_meta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name, hook_state in state["hooks"].items():
+            if name in self.hooks:
+                self.hooks[name].load_state_dict(hook_state)
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+
+    # --- loop ----------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        previous = self._install_signal_handlers()
+        try:
+            self._call("before_train")
+            while self.epoch < self.epochs and not self.should_stop:
+                self._train_epoch()
+                self._sync_buffers()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.stopping_early = self.stop_after is not None and self.epoch >= self.stop_after
+                self._call("after_epoch")
+                self.val_metrics_this_epoch = None
+                if self.stopping_early and self.epoch < self.epochs:
+                    self._call("after_train")
+                    raise ExitRequest(self._resume_message(f"stopped after epoch {self.epoch} "
+                                                           f"(trainer.stop_after={self.stop_after})"), 0)
+            self._call("after_train")
+        finally:
+            self._restore_signal_handlers(previous)
+
+    def _train_epoch(self) -> None:
+        sampler = self.loader.sampler
+        sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.loader.batch_size)
+        self._call("before_epoch")
+        self.model.train()
+        for batch in self.loader:
+            self.batch_in_epoch += 1
+            boundary = self.batch_in_epoch % self.grad_accum == 0 or self.batch_in_epoch == self.steps_per_epoch_batches
+            outputs = self._forward_backward(batch, sync=boundary)
+            if boundary:
+                self._optimizer_step()
+                self.step += 1
+                self._call("after_step", outputs)
+                self._check_signal()
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm statistics (DDP syncs them only at the start of a forward)."""
+        if self.hardware.distributed:
+            for buffer in self.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def _forward_backward(self, batch, sync: bool) -> dict:
+        batch = self.task.preprocess(batch, self.hardware)
+        self.last_batch_size = self.task.batch_size(batch)
+        no_sync = self.model.no_sync if (not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext
+        with no_sync():
+            with autocast(self.hardware):
+                outputs = self.task.training_step(self.model, batch)
+            self.scaler.scale(outputs["loss"] / self.grad_accum).backward()
+        return outputs
+
+    def _optimizer_step(self) -> None:
+        self.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (hooks may change it after)
+        if self.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- interruption --------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        previous = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._signal is not None:  # second signal: stop right now
+            raise KeyboardInterrupt
+        self._signal = signum
+        if dist.is_main():
+            log.warning("%s received: saving a checkpoint after this step (press Ctrl-C again to abort)",
+                        signal.Signals(signum).name)
+
+    def _check_signal(self) -> None:
+        flag = torch.tensor([1.0 if self._signal is not None else 0.0])
+        if self.hardware.distributed:  # every rank must stop at the same step
+            flag = dist.all_reduce_sum(flag.to(self.hardware.device)).cpu()
+        if flag.item() == 0:
+            return
+        self._call("on_interrupt")
+        signum = self._signal or signal.SIGTERM
+        raise ExitRequest(self._resume_message(f"interrupted by {signal.Signals(signum).name} at epoch "
+                                               f"{self.epoch + 1}, step {self.step}"), 128 + signum)
+
+    def _resume_message(self, what: str) -> str:
+        directory = self.hooks["checkpoint"].directory if "checkpoint" in self.hooks else None
+        where = Path(directory) / "last.pt" if directory else "checkpoints/last.pt"
+        return f"{what}; saved {where}\nresume with: cvtool train resume={where}"

@@ -1,0 +1,20 @@
+"""Task adapters, one per task; `TASKS` maps a task name to its adapter class."""
+
+from __future__ import annotations
+
+from cvtool.errors import CvtoolError
+
+AVAILABLE = ("classification",)
+PLANNED = ("detection", "segmentation")
+
+
+def build_task(name: str, task_cfg: dict, dataset_cfg: dict):
+    """The adapter for task `name` (imported lazily so a command only loads the task it runs)."""
+    if name == "classification":
+        from .classification import ClassificationTask
+
+        return ClassificationTask(task_cfg, dataset_cfg)
+    if name in PLANNED:
+        raise CvtoolError(f"task '{name}' is not available yet in this version", where=f"task={name}",
+                          fix=f"available tasks: {', '.join(AVAILABLE)}")
+    raise CvtoolError(f"unknown task '{name}'", where=f"task={name}", fix=f"choose one of: {', '.join(AVAILABLE)}")

@@ -1,0 +1,24 @@
+"""What the engine needs from a task adapter (the only place task differences live)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from cvtool.engine.hardware import Hardware
+
+
+class Task(Protocol):
+    name: str
+
+    def preprocess(self, batch: Any, hardware: Hardware) -> Any:
+        """Move a collated batch to the device and finish its conversion (dtype, normalisation, layout)."""
+
+    def batch_size(self, batch: Any) -> int: ...
+
+    def training_step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward pass in train mode; returns at least {"loss": scalar tensor}."""
+
+    def inference_step(self, model: torch.nn.Module, batch: Any) -> Any:
+        """Forward pass in eval mode; the outputs the task's evaluator and postprocess understand."""

@@ -1,0 +1,90 @@
+"""Classification adapter: datasets, model, evaluator and the cross-entropy training step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cvtool.data.classification_sets import ClassificationSet, open_classification_set
+from cvtool.data.shapes import ensure_shapes
+from cvtool.engine.hardware import Hardware
+from cvtool.errors import CvtoolError
+from cvtool.metrics.classification import ClassificationEvaluator
+from cvtool.models import create_model
+
+
+class ClassificationTask:
+    name = "classification"
+
+    def __init__(self, task_cfg: dict, dataset_cfg: dict):
+        self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- building ------------------------------------------------------------------------------------------
+    def dataset_root(self) -> Path | None:
+        """The dataset root, generating the synthetic shapes data first when the dataset is synthetic."""
+        ds = self.dataset_cfg
+        if ds.get("root") is None:
+            return None
+        root = Path(ds["root"])
+        if ds.get("synth"):
+            params = dict(ds["synth"])
+            ensure_shapes(params.pop("kind"), root, **params)
+        return root
+
+    def open_split(self, split: str, transform, *, skip_invalid: bool, seed: int,
+                   classes: list[str] | None = None) -> ClassificationSet:
+        ds = self.dataset_cfg
+        dataset = open_classification_set(ds["kind"], self.dataset_root(), split, transform=transform,
+                                          skip_invalid=skip_invalid, download=ds["download"],
+                                          val_fraction=ds["val_fraction"], seed=seed, classes=classes)
+        if dataset.channels != ds["channels"]:
+            raise CvtoolError(f"images have {dataset.channels} channel(s) but dataset.channels={ds['channels']}",
+                              where=dataset.source, fix=f"set dataset.channels={dataset.channels}")
+        return dataset
+
+    def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
+        kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "weights")}
+        return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],
+                            weights=model_cfg.get("weights"), input_size=self.dataset_cfg["image_size"], **kwargs)
+
+    def build_evaluator(self, num_classes: int) -> ClassificationEvaluator:
+        return ClassificationEvaluator(num_classes, topk=self.cfg["topk"])
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._norm:
+            mean = torch.tensor(self.dataset_cfg["mean"], device=device).view(1, -1, 1, 1) * 255
+            std = torch.tensor(self.dataset_cfg["std"], device=device).view(1, -1, 1, 1) * 255
+            self._norm[device] = (mean, std)
+        return self._norm[device]
+
+    def preprocess(self, batch, hardware: Hardware) -> dict:
+        """uint8 images from the loader -> normalised float on the device (cheaper than in the workers)."""
+        images, target = batch
+        device = hardware.device
+        images = images.to(device, non_blocking=True)
+        mean, std = self._normalisation(device)
+        images = (images.float() - mean) / std
+        if hardware.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return {"image": images, "target": torch.as_tensor(target).to(device, non_blocking=True)}
+
+    def batch_size(self, batch: dict) -> int:
+        return batch["image"].shape[0]
+
+    def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        output = model(batch["image"])
+        smoothing = self.cfg["label_smoothing"]
+        if isinstance(output, torch.Tensor):
+            return {"loss": F.cross_entropy(output, batch["target"], label_smoothing=smoothing)}
+        # GoogLeNet/Inception train-mode outputs: (logits, *aux_logits); aux heads weighted 0.3 as in GoogLeNet
+        main, *aux = [o for o in output if o is not None]
+        main_loss = F.cross_entropy(main, batch["target"], label_smoothing=smoothing)
+        aux_loss = sum(F.cross_entropy(a, batch["target"], label_smoothing=smoothing) for a in aux)
+        return {"loss": main_loss + 0.3 * aux_loss, "main_loss": main_loss.detach()}
+
+    def inference_step(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["image"])

@@ -1,0 +1,31 @@
+"""Training curves (loss, learning rate, validation metric) from metrics.jsonl records, as one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_training_curves(records: list[dict], path: Path, metric: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "train/loss" in r]
+    val = [r for r in records if metric in r]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    panels = [(axes[0], train, "train/loss", "training loss"), (axes[1], train, "lr", "learning rate"),
+              (axes[2], val, metric, metric)]
+    for ax, rows, key, title in panels:
+        ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o" if rows is val else None,
+                markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if train and min(r["train/loss"] for r in train) > 0:
+        axes[0].set_yscale("log")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

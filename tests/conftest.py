@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny shapes dataset generated once, and helpers that run commands in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY = {"dataset.synth.num_train": 180, "dataset.synth.num_val": 60}
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory) -> Path:
+    """A datasets/ root holding a tiny shapes ImageFolder (same generator and reader as the default)."""
+    from cvtool.data.shapes import ensure_shapes
+
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_shapes("classification", root / "shapes" / "classification", num_train=TINY["dataset.synth.num_train"],
+                  num_val=TINY["dataset.synth.num_val"], image_size=64, min_size=12, max_size=48, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny(datasets_root, tmp_path) -> list[str]:
+    """Overrides for a fast classification run on the tiny data, with runs under tmp_path."""
+    return [f"paths.datasets={datasets_root}", f"paths.runs={tmp_path / 'runs'}",
+            *(f"{k}={v}" for k, v in TINY.items()), "data.batch_size=30", "data.workers=0",
+            "trainer.epochs=2", "trainer.log_every=2", "trainer.tensorboard=true", "hardware=cpu"]
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

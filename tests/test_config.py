@@ -1,0 +1,92 @@
+"""Config composition, the Hydra run/multirun contract and config errors."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from cvtool.config import runner
+from cvtool.config.locate import GROUPS, conf_dir, group_choices
+from cvtool.errors import CvtoolError
+
+
+def test_default_config_is_classification_on_shapes_with_cpu_friendly_model():
+    cfg = runner.compose("train", [])
+    assert cfg.task.name == "classification"
+    assert cfg.dataset.name == "shapes" and cfg.model.name == "shapes_cnn"
+    assert cfg.command == "train" and "hydra" not in cfg
+
+
+def test_every_config_group_exists_and_has_choices():
+    for group in GROUPS:
+        assert (conf_dir() / group).is_dir(), group
+    assert {"sgd", "adamw"} <= set(group_choices("optim"))
+    assert {"step", "multistep", "cosine"} <= set(group_choices("sched"))
+    assert {"cpu", "gpu", "ddp"} <= set(group_choices("hardware"))
+
+
+def test_unknown_key_names_it_with_did_you_mean():
+    with pytest.raises(CvtoolError) as err:
+        runner.compose("train", ["trainer.epoch=3"])
+    assert "unknown config key 'trainer.epoch'" in err.value.line()
+    assert "did you mean 'trainer.epochs'" in err.value.line()
+
+
+def test_unknown_group_choice_lists_valid_names():
+    with pytest.raises(CvtoolError) as err:
+        runner.compose("train", ["model=resnet_does_not_exist"])
+    assert "unknown model 'resnet_does_not_exist'" in err.value.line()
+    assert "shapes_cnn" in err.value.line()
+
+
+def test_struct_mode_rejects_new_keys_without_plus_but_accepts_plus():
+    with pytest.raises(CvtoolError):
+        runner.compose("train", ["brand_new=1"])
+    assert runner.compose("train", ["+brand_new=1"]).brand_new == 1
+
+
+def test_experiment_is_a_global_diff():
+    cfg = runner.compose("train", ["experiment=lenet5_digits"])
+    assert cfg.model.name == "lenet5" and cfg.dataset.name == "digits" and cfg.optim._target_.endswith("AdamW")
+
+
+def test_hardware_variants_extend_auto():
+    cpu = runner.compose("train", ["hardware=cpu"]).hardware
+    ddp = runner.compose("train", ["hardware=ddp"]).hardware
+    assert cpu.device == "cpu" and cpu.amp == "off" and ddp.distributed and ddp.backend == "auto"
+
+
+def test_hydra_run_creates_run_dir_snapshot_and_log(tmp_path):
+    """Contract test of the hydra-core 1.3 wiring: run dir layout, .hydra snapshot, <command>.log."""
+    seen = []
+
+    def job(cfg, run_dir):
+        import logging
+
+        logging.getLogger("cvtool.test").info("hello from the job")
+        seen.append((cfg.trainer.epochs, run_dir))
+        return "ok"
+
+    assert runner.run("train", [f"paths.runs={tmp_path}", "trainer.epochs=7"], job) == ["ok"]
+    (epochs, run_dir), = seen
+    assert epochs == 7 and run_dir.parent == tmp_path / "classification" / "train"
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.epochs == 7
+    assert "trainer.epochs=7" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    assert "hello from the job" in (run_dir / "train.log").read_text()
+
+
+def test_hydra_multirun_runs_one_job_per_sweep_value(tmp_path):
+    seen = []
+    runner.run("train", [f"paths.runs={tmp_path}", "trainer.epochs=1,2,3"],
+               lambda cfg, run_dir: seen.append((cfg.trainer.epochs, run_dir)), multirun=True)
+    assert sorted(e for e, _ in seen) == [1, 2, 3]
+    assert {d.name for _, d in seen} == {"0", "1", "2"}
+    assert all(d.parent.parent == tmp_path / "classification" / "multirun" for _, d in seen)
+
+
+def test_job_errors_propagate_unchanged(tmp_path):
+    def job(cfg, run_dir):
+        raise CvtoolError("boom", where="here")
+
+    with pytest.raises(CvtoolError, match="boom"):
+        runner.run("train", [f"paths.runs={tmp_path}"], job)

@@ -1,0 +1,30 @@
+"""DistributedDataParallel on CPU: two gloo processes under torchrun train in lock-step, rank 0 alone writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+
+
+def test_two_process_gloo_ddp_ends_with_identical_weights_and_one_run_dir(tiny, tmp_path):
+    args = [a for a in tiny if not a.startswith("hardware=")] + ["hardware=ddp", "trainer.epochs=1",
+                                                                  "trainer.tensorboard=false"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_worker.py"), str(tmp_path), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={
+        **__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    runs = list((tmp_path / "runs" / "classification" / "train").iterdir())
+    assert len(runs) == 1
+    metrics = __import__("json").loads((runs[0] / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["final"]["num_samples"] == 60  # every val image counted once
+    state = torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(state["model"][k], rank0[k]) for k in rank0)

@@ -1,0 +1,172 @@
+"""Engine pieces: LR schedules, gradient accumulation, atomic writes, checkpoints, the accuracy evaluator."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
+from cvtool.engine.hardware import resolve_hardware
+from cvtool.engine.schedule import build_scheduler
+from cvtool.errors import CvtoolError
+from cvtool.metrics.classification import ClassificationEvaluator
+from cvtool.utils.atomic import atomic_write
+
+
+def hardware_cfg(**changes) -> dict:
+    """The shipped hardware=cpu config, with changes."""
+    from cvtool.commands.components import plain
+    from cvtool.config import runner
+
+    return plain(runner.compose("train", ["hardware=cpu"]).hardware) | changes
+
+
+def lrs(sched_cfg: dict, steps_per_epoch: int, epochs: int) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, sched_cfg, steps_per_epoch, epochs)
+    values = []
+    for _ in range(steps_per_epoch * epochs):
+        values.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return values
+
+
+def test_cosine_with_linear_warmup_hits_the_formula():
+    values = lrs({"name": "cosine", "warmup_epochs": 1.0, "warmup_start_ratio": 0.1, "min_lr_ratio": 0.0}, 10, 4)
+    cosine = [0.5 * (1 + math.cos(math.pi * s / 40)) for s in range(40)]
+    warm = [0.1 + 0.9 * s / 10 for s in range(10)] + [1.0] * 30
+    assert values == pytest.approx([c * w for c, w in zip(cosine, warm)], abs=1e-12)
+
+
+def test_step_and_multistep_decay_at_epoch_boundaries():
+    step = lrs({"name": "step", "warmup_epochs": 0.0, "warmup_start_ratio": 0.1, "step_epochs": 2, "gamma": 0.5}, 3, 5)
+    assert step == pytest.approx([1.0] * 6 + [0.5] * 6 + [0.25] * 3)
+    multi = lrs({"name": "multistep", "warmup_epochs": 0.0, "warmup_start_ratio": 0.1, "milestones": [1, 3],
+                 "gamma": 0.1}, 2, 4)
+    assert multi == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_evaluator_counts_hand_computed_case():
+    ev = ClassificationEvaluator(num_classes=3, topk=2)
+    logits = torch.tensor([[3.0, 2.0, 1.0],   # true 0: top1 hit
+                           [3.0, 2.0, 1.0],   # true 1: top2 hit only
+                           [3.0, 2.0, 1.0],   # true 2: miss
+                           [0.0, 1.0, 5.0]])  # true 2: top1 hit
+    ev.process({"target": torch.tensor([0, 1, 2, 2])}, logits)
+    metrics = ev.evaluate()
+    assert metrics == {"top1": 0.5, "top5": 0.75, "num_samples": 4, "per_class_acc": [1.0, 0.0, 0.5]}
+
+
+def test_evaluator_reports_null_for_classes_without_samples():
+    ev = ClassificationEvaluator(num_classes=3)
+    ev.process({"target": torch.tensor([0])}, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert ev.evaluate()["per_class_acc"] == [1.0, None, None]
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def broken(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_roundtrip_with_weights_only_and_bad_files(tmp_path):
+    state = {"model": {"w": torch.ones(2)}, "config": "a: 1", "task": "classification", "class_names": ["a"]}
+    path = save_checkpoint(tmp_path / "c.pt", state)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CvtoolError, match="t.pt"):
+        load_checkpoint(truncated)
+    foreign = save_checkpoint(tmp_path / "f.pt", {"weights": torch.ones(1)})
+    with pytest.raises(CvtoolError, match="not a cvtool checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_gpu_hardware_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg = hardware_cfg(device="cuda", amp="auto", channels_last="auto", pin_memory="auto")
+    with pytest.raises(CvtoolError, match="hardware=cpu"):
+        resolve_hardware(cfg)
+    assert resolve_hardware(cfg | {"device": "auto"}).amp_dtype is None
+
+
+def test_ddp_hardware_outside_torchrun_explains_the_launch(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = hardware_cfg(distributed=True)
+    with pytest.raises(CvtoolError, match="torchrun"):
+        resolve_hardware(cfg)
+    assert os.environ.get("RANK") is None
+
+
+class ToyTask:
+    """A regression adapter: enough to drive the Trainer without any dataset."""
+
+    name = "toy"
+
+    def preprocess(self, batch, hardware):
+        x, y = batch
+        return {"x": x.float(), "y": y.float()}
+
+    def batch_size(self, batch):
+        return batch["x"].shape[0]
+
+    def training_step(self, model, batch):
+        return {"loss": torch.nn.functional.mse_loss(model(batch["x"]).squeeze(1), batch["y"])}
+
+
+def toy_weights_after_one_epoch(batch_size: int, grad_accum: int, tmp_path) -> torch.Tensor:
+    from cvtool.data.samplers import ResumableSampler
+    from cvtool.engine.metrics_log import MetricsLogger
+    from cvtool.engine.trainer import Trainer
+
+    g = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3, generator=g), torch.randn(16, generator=g))
+    sampler = ResumableSampler(data, num_replicas=1, rank=0, shuffle=False, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, {"name": "step", "warmup_epochs": 0.0, "warmup_start_ratio": 1.0,
+                                  "step_epochs": 100, "gamma": 0.1}, len(loader) // grad_accum, 1)
+    hw = resolve_hardware(hardware_cfg())
+    trainer = Trainer(model, ToyTask(), opt, sched, loader, hardware=hw, epochs=1, grad_accum=grad_accum,
+                      clip_grad_norm=None, stop_after=None, logger=MetricsLogger(None, False), checkpoint_meta={})
+    trainer.fit()
+    assert trainer.step == 16 // (batch_size * grad_accum)
+    return model.weight.detach().clone()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    big = toy_weights_after_one_epoch(8, 1, tmp_path)
+    accumulated = toy_weights_after_one_epoch(4, 2, tmp_path)
+    assert torch.allclose(big, accumulated, atol=1e-6)
+    assert not torch.allclose(big, toy_weights_after_one_epoch(4, 1, tmp_path))
+
+
+def test_early_stop_after_patience_validations_without_improvement():
+    from types import SimpleNamespace
+
+    from cvtool.engine.hooks import EarlyStopHook, EvalHook
+
+    evaluation = EvalHook(loader=None, evaluator=None, metric="top1", every=1)
+    stopper = EarlyStopHook(evaluation, patience=2)
+    trainer = SimpleNamespace(should_stop=False)
+    for epoch, (value, expected_stop) in enumerate([(0.5, False), (0.6, False), (0.6, False), (0.55, True)]):
+        evaluation.record(value, epoch)
+        stopper.after_epoch(trainer)
+        assert trainer.should_stop == expected_stop
+    assert (evaluation.best, evaluation.best_epoch) == (0.6, 1)
