@@ -34,6 +34,10 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 SCHED = {"name": "cosine", "warmup_epochs": 0.0, "warmup_start_ratio": 0.1, "min_lr_ratio": 0.0}
 
 
+def cpu_hardware():
+    return resolve_hardware(C.plain(runner.compose("train", ["hardware=cpu", "hardware.channels_last=false"]).hardware))
+
+
 def make_loader(steps: int) -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (steps * BATCH, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
@@ -72,7 +76,7 @@ def trainer_loop(loader, run_dir: Path) -> float:
     model, optimizer = new_model_and_optimizer()
     task = ClassificationTask({"label_smoothing": 0.0, "topk": 5}, {"mean": MEAN, "std": STD})
     trainer = Trainer(model, task, optimizer, build_scheduler(optimizer, SCHED, len(loader), 1), loader,
-                      hardware=resolve_hardware(C.plain(runner.compose("train", ["hardware=cpu"]).hardware)), epochs=1, grad_accum=1, clip_grad_norm=None, stop_after=None,
+                      hardware=cpu_hardware(), epochs=1, grad_accum=1, clip_grad_norm=None, stop_after=None,
                       logger=MetricsLogger(run_dir, tensorboard=False), checkpoint_meta={})
     trainer.register_hooks(logger=LoggerHook(log_every=20), lr=LRSchedulerHook())
     start = time.perf_counter()

@@ -25,7 +25,7 @@ from cvtool.data.shapes import (
 from cvtool.data.shapes_draw import background, distinct_colour, outline, render_scene, shape_colour
 from cvtool.errors import CvtoolError
 
-CLS = {"num_train": 36, "num_val": 12, "min_size": 12, "max_size": 48, "seed": 0}
+CLS = {"num_train": 35, "num_val": 10, "min_size": 12, "max_size": 48, "seed": 0}
 DEVKIT = {"num_train": 16, "num_val": 8, "seed": 0}
 
 
@@ -120,7 +120,7 @@ def test_classification_is_a_balanced_imagefolder_of_64px_rgb(cls_root):
             for f in files[:2]:
                 with Image.open(f) as image:
                     assert (image.mode, image.size) == ("RGB", (64, 64))
-    assert (cls_root / "train" / "square" / "square_000001.png").is_file()  # image i has class i % 6
+    assert (cls_root / "train" / "square" / "square_000001.png").is_file()  # image i has class i % 5
 
 
 def test_classification_masks_match_images_and_respect_size_range(cls_root):
@@ -223,7 +223,7 @@ def test_voc_image_sets_list_splits_and_class_presence(devkit_root):
 
 def test_coco_json_loads_with_noncontiguous_ids_and_rle_matching_area_and_bbox(devkit_root):
     coco = COCO(str(devkit_root / "annotations" / "instances_train.json"))
-    assert sorted(coco.getCatIds()) == [1, 3, 5, 7, 9, 11]
+    assert sorted(coco.getCatIds()) == [2 * k + 1 for k in range(len(SHAPE_CLASSES))]
     assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == list(SHAPE_CLASSES)
     assert len(coco.getImgIds()) == DEVKIT["num_train"]
     for image in coco.loadImgs(coco.getImgIds()):
@@ -246,7 +246,7 @@ def test_segmentation_pngs_use_voc_palette_with_void_ring_around_objects(devkit_
             with Image.open(devkit_root / folder / f"{image_id}.png") as image:
                 assert image.mode == "P" and image.getpalette() == VOC_PALETTE
         classes = np.asarray(Image.open(devkit_root / "SegmentationClass" / f"{image_id}.png"))
-        assert set(np.unique(classes)) <= {*range(7), 255}
+        assert set(np.unique(classes)) <= {*range(len(SHAPE_CLASSES) + 1), 255}
         objects = (classes > 0) & (classes < 255)
         # void = every non-object pixel within 2 px (chessboard) of an object, nothing else
         assert np.array_equal(classes == 255, _dilate(objects, 2) & ~objects)
@@ -276,7 +276,7 @@ def test_ensure_shapes_generates_once_and_again_only_when_params_change(tmp_path
     assert (root / "train" / "circle" / "circle_000000.png").stat().st_mtime_ns == first
     marker = json.loads((root / ".shapes.json").read_text())
     assert marker["params"]["image_size"] == 64 and marker["version"] == shapes.GENERATOR_VERSION
-    ensure_shapes("classification", root, num_train=12, num_val=6)
+    ensure_shapes("classification", root, num_train=10, num_val=5)
     assert len(calls) == 2 and len(list((root / "train" / "circle").glob("*.png"))) == 2
     assert sorted(p.name for p in root.parent.iterdir()) == [".shapes.lock", "shapes"]
 

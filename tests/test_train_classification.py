@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import only_run_dir, read_json
 
 from cvtool.commands import evaluate, predict, train
 from cvtool.errors import CvtoolError, ExitRequest
-from conftest import only_run_dir, read_json
 
 
 def run_dir_of(runs: Path, command: str = "train") -> Path:
@@ -33,7 +33,7 @@ def test_train_writes_the_run_dir_contract(tiny, tmp_path):
     assert metrics["epochs"] == 2 and 0.0 <= metrics["best"] <= 1.0 and metrics["final"]["num_samples"] == 60
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
-        assert state["task"] == "classification" and len(state["class_names"]) == 6
+        assert state["task"] == "classification" and len(state["class_names"]) == 5
         assert {"model", "optimizer", "scheduler", "rng", "config", "epoch", "step"} <= set(state)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "plots" / "training_curves.png").stat().st_size > 10_000
@@ -49,7 +49,7 @@ def test_eval_of_best_checkpoint_reproduces_the_validation_metric(tiny, tmp_path
                               f"paths.runs={tmp_path / 'runs'}", "hardware=cpu"])
     assert metrics["top1"] == best
     assert read_json(out) == metrics == read_json(run_dir_of(tmp_path / "runs", "eval") / "metrics.json")
-    assert metrics["num_samples"] == 60 and len(metrics["per_class_acc"]) == 6
+    assert metrics["num_samples"] == 60 and len(metrics["per_class_acc"]) == 5
 
 
 def test_predict_writes_csv_logits_and_overlays(tiny, tmp_path, datasets_root):
@@ -62,7 +62,7 @@ def test_predict_writes_csv_logits_and_overlays(tiny, tmp_path, datasets_root):
     assert lines[0] == "file,label,class,score,top5" and len(lines) == 1 + len(list(source.glob("*.png")))
     import numpy as np
 
-    assert np.load(out / "logits.npy").shape == (len(lines) - 1, 6)
+    assert np.load(out / "logits.npy").shape == (len(lines) - 1, 5)
     assert len(list((out / "overlays").glob("*.png"))) == len(lines) - 1
 
 

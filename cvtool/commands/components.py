@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -54,6 +55,9 @@ def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torc
         sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
         batch_size = cfg.data.eval_batch_size
     workers = cfg.data.workers
+    if workers == "auto":  # decoding in workers pays off; for tensors in memory they only compete for cores
+        in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory_data", False)
+        workers = 0 if in_memory else min(4, os.cpu_count() or 1)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=hardware.pin_memory,
         drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
@@ -67,6 +71,7 @@ def limited(dataset, limit: int | None, seed: int):
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
     subset = torch.utils.data.Subset(dataset, order)
     subset.classes, subset.source = dataset.classes, f"{dataset.source}, subset of {limit}"
+    subset.in_memory_data = getattr(dataset, "in_memory_data", False)
     return subset
 
 

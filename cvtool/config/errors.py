@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from cvtool.errors import CvtoolError
 

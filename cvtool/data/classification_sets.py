@@ -40,6 +40,7 @@ class ClassificationSet(Dataset):
         self.classes, self.targets, self.channels = classes, targets, channels
         self.source, self.num_skipped = source, num_skipped
         self.transform: Callable | None = None
+        self.in_memory_data = False  # True when the whole split is one tensor (no DataLoader workers needed)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -70,13 +71,21 @@ class ImageFileSet(ClassificationSet):
     def load_image(self, index: int) -> torch.Tensor:
         return read_image(self.files[index], mode="RGB")
 
+    def in_memory(self) -> ClassificationSet:
+        """The same split decoded once into one uint8 tensor (all images must share one size)."""
+        images = [self.load_image(i) for i in range(len(self))]
+        if len({tuple(image.shape) for image in images}) > 1:
+            raise CvtoolError("dataset.cache=true needs images of one size", where=self.source,
+                              fix="set dataset.cache=false (images are then decoded per item)")
+        return TensorImageSet(torch.stack(images), self.targets, self.classes, f"{self.source}, in memory")
+
 
 class TensorImageSet(ClassificationSet):
     """Holds a whole split in memory as one uint8 N×C×H×W tensor."""
 
     def __init__(self, images: torch.Tensor, targets: list[int], classes: list[str], source: str):
         super().__init__(classes, targets, images.shape[1], source)
-        self.images = images
+        self.images, self.in_memory_data = images, True
 
     def load_image(self, index: int) -> torch.Tensor:
         return self.images[index].clone()  # a copy, so an in-place transform cannot alter the dataset
@@ -93,12 +102,18 @@ def open_classification_set(
     val_fraction: float = 0.2,
     seed: int = 0,
     classes: list[str] | None = None,
+    cache: bool = False,
 ) -> ClassificationSet:
-    """Open one split of a classification dataset of the given kind (one of KINDS) found under `root`."""
+    """Open one split of a classification dataset of the given kind (one of KINDS) found under `root`.
+
+    `cache=True` decodes an ImageFolder split into memory once (small datasets: no decoding per epoch).
+    """
     root = Path(root) if root is not None else None
     if kind == "imagefolder":
         _require_root(root, fix="point it at a folder of <class>/<image> or <split>/<class>/<image> files")
         dataset = _open_imagefolder(root, split, classes, skip_invalid, val_fraction, seed)
+        if cache:
+            dataset = dataset.in_memory()
     elif kind in ("mnist", "cifar10"):
         if not download:
             _require_root(root, fix=MNIST_FIX if kind == "mnist" else CIFAR_FIX)

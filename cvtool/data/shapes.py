@@ -34,7 +34,7 @@ from cvtool.errors import CvtoolError
 __all__ = ["SHAPE_CLASSES", "VOC_PALETTE", "voc_palette", "generate_classification", "generate_devkit",
            "ensure_shapes"]
 
-GENERATOR_VERSION = "shapes-1"  # bump whenever the drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = "shapes-2"  # bump whenever the drawing changes, so cached datasets are regenerated
 MARKER = ".shapes.json"
 SPLITS = ("train", "val")
 VOID = 255

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "hexagon")
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
 SUPERSAMPLE = 4  # coverage is rendered at 4x and box-filtered down
 MIN_CONTRAST = 60.0  # Euclidean RGB distance between a shape and the mean of what lies under it ...
@@ -36,7 +36,7 @@ def _cross(arm: float = 1 / 3) -> np.ndarray:
 
 
 # Unit outlines centred on the origin, in SHAPE_CLASSES order; the circle is a 96-gon (sagitta < 0.02 px).
-_OUTLINES = (_regular(96), _regular(4, np.pi / 4), _regular(3, -np.pi / 2), _star(), _cross(), _regular(6))
+_OUTLINES = (_regular(96), _regular(4, np.pi / 4), _regular(3, -np.pi / 2), _star(), _cross())
 
 
 def outline(label: int, size: float, angle: float) -> np.ndarray:

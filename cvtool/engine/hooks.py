@@ -95,8 +95,9 @@ class LoggerHook(Hook):
         elapsed = time.perf_counter() - self.t0
         throughput = self.images * dist.world_size() / max(elapsed, 1e-9)
         lr = trainer.lr
-        record = {"step": trainer.step, "epoch": trainer.epoch + trainer.batch_in_epoch / trainer.steps_per_epoch_batches,
-                  **{f"train/{k}": v for k, v in losses.items()}, "lr": lr, "images_per_s": throughput}
+        epoch = trainer.epoch + trainer.batch_in_epoch / trainer.steps_per_epoch_batches
+        record = {"step": trainer.step, "epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, "lr": lr,
+                  "images_per_s": throughput}
         trainer.logger.log(record, trainer.step)
         self.progress.show(loss=losses.get("loss", math.nan), lr=lr, throughput=throughput)
         self.epoch_loss += losses.get("loss", 0.0)

@@ -39,7 +39,8 @@ class ClassificationTask:
         ds = self.dataset_cfg
         dataset = open_classification_set(ds["kind"], self.dataset_root(), split, transform=transform,
                                           skip_invalid=skip_invalid, download=ds["download"],
-                                          val_fraction=ds["val_fraction"], seed=seed, classes=classes)
+                                          val_fraction=ds["val_fraction"], seed=seed, classes=classes,
+                                          cache=ds["cache"])
         if dataset.channels != ds["channels"]:
             raise CvtoolError(f"images have {dataset.channels} channel(s) but dataset.channels={ds['channels']}",
                               where=dataset.source, fix=f"set dataset.channels={dataset.channels}")
