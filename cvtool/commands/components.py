@@ -45,6 +45,14 @@ def transforms(specs) -> torch.nn.Module | None:
     return v2.Compose(items) if items else None
 
 
+def num_workers(cfg: DictConfig, dataset) -> int:
+    """data.workers, where auto = 0 for data held in memory (workers would only compete for cores)."""
+    if cfg.data.workers != "auto":
+        return int(cfg.data.workers)
+    in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory_data", False)
+    return 0 if in_memory else min(4, os.cpu_count() or 1)
+
+
 def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torch.utils.data.DataLoader:
     """Training: resumable per-epoch-seeded shuffling (DistributedSampler); evaluation: unpadded shards."""
     if train:
@@ -54,10 +62,7 @@ def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torc
     else:
         sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
         batch_size = cfg.data.eval_batch_size
-    workers = cfg.data.workers
-    if workers == "auto":  # decoding in workers pays off; for tensors in memory they only compete for cores
-        in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory_data", False)
-        workers = 0 if in_memory else min(4, os.cpu_count() or 1)
+    workers = num_workers(cfg, dataset)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=hardware.pin_memory,
         drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
