@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from rich.console import Console
+from rich.markup import escape
 
 from cvtool.config import runner
 from cvtool.errors import CvtoolError
@@ -24,7 +25,7 @@ def synth(overrides: list[str]) -> str:
                           fix="use dataset=shapes, shapes_det or shapes_seg")
     params = C.plain(cfg.dataset.synth)
     root = ensure_shapes(params.pop("kind"), cfg.dataset.root, **params)
-    Console().print(f"[bold]{cfg.dataset.name}[/bold] ready at {root}")
+    Console().print(f"[bold]{escape(cfg.dataset.name)}[/bold] ready at {escape(str(root))}")
     return str(root)
 
 
@@ -41,8 +42,8 @@ def check(overrides: list[str]) -> dict:
                 dataset[index]
             except CvtoolError as err:
                 bad.append(err.line())
-                console.print(f"[red]bad[/red] {err.line()}")
-        console.print(f"{split}: {len(dataset)} items, {len(dataset.classes)} classes ({dataset.source})")
+                console.print(f"[red]bad[/red] {escape(err.line())}")
+        console.print(escape(f"{split}: {len(dataset)} items, {len(dataset.classes)} classes ({dataset.source})"))
     if bad:
         raise CvtoolError(f"{len(bad)} invalid item(s) found", where=cfg.dataset.root,
                           fix="fix or delete the files listed above, or train with data.skip_invalid=true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -11,7 +12,7 @@ def _fmt(value) -> str:
 
 
 def classification_table(metrics: dict, class_names: list[str], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     for name, acc in zip(class_names, metrics["per_class_acc"]):
