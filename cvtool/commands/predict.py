@@ -39,7 +39,8 @@ def predict(cfg: DictConfig, run_dir: Path | None) -> dict:
     size = cfg.dataset.image_size
     transform = v2.Compose([*(C.transforms(cfg.dataset.eval_transforms) or []), v2.Resize((size, size))])
     images = ImageFiles(files, cfg.dataset.channels, transform)
-    loader = torch.utils.data.DataLoader(images, batch_size=cfg.data.eval_batch_size, num_workers=C.num_workers(cfg, images))
+    loader = torch.utils.data.DataLoader(images, batch_size=cfg.data.eval_batch_size,
+                                         num_workers=C.num_workers(cfg, images))
     logits = []
     with torch.inference_mode():
         for batch in track(loader, total=len(loader), description="predict"):
