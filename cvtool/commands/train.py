@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     model = C.to_device(task.build_model(C.plain(cfg.model), len(train_set.classes)), hardware)
     train_loader = C.loader(train_set, cfg, hardware, train=True)
     optimizer = C.optimizer(cfg, model)
-    scheduler = build_scheduler(optimizer, C.plain(cfg.sched), len(train_loader) // cfg.trainer.grad_accum,
+    scheduler = build_scheduler(optimizer, C.plain(cfg.sched), math.ceil(len(train_loader) / cfg.trainer.grad_accum),
                                 cfg.trainer.epochs)
     meta = {"config": OmegaConf.to_yaml(cfg, resolve=True), "overrides": runner.current_overrides(),
             "task": task.name, "model_name": cfg.model.name, "class_names": list(train_set.classes),

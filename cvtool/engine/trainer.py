@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class Trainer:
         self.hooks: dict[str, Hook] = {}
         self.epoch = self.step = self.batch_in_epoch = 0
         self.steps_per_epoch_batches = len(train_loader)
-        self.steps_per_epoch = max(1, self.steps_per_epoch_batches // grad_accum)
+        self.steps_per_epoch = max(1, math.ceil(self.steps_per_epoch_batches / grad_accum))  # last step may be partial
         self.should_stop = self.improved = self.stopping_early = False
         self.val_metrics_this_epoch: dict | None = None
         self.last_batch_size, self.lr = 0, 0.0
