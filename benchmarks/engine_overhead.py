@@ -104,7 +104,7 @@ def input_pipeline(batches: int) -> None:
     cfg = runner.compose("train", [])
     hardware = resolve_hardware(C.plain(cfg.hardware))
     task = C.task_from(cfg)
-    dataset = task.open_split("train", C.transforms(cfg.dataset.train_transforms), skip_invalid=False, seed=0)
+    dataset = task.open_split("train", C.transforms(cfg, "train_transforms"), skip_invalid=False, seed=0)
     loader = C.loader(dataset, cfg, hardware, train=True)
     model = C.to_device(task.build_model(C.plain(cfg.model), len(dataset.classes)), hardware)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

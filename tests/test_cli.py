@@ -71,3 +71,17 @@ def test_models_lists_registry_with_parameter_counts():
 def test_config_show_prints_composed_yaml():
     result = cvtool("config", "show", "train", "model=lenet5", "dataset=digits")
     assert result.returncode == 0 and "name: lenet5" in result.stdout and "kind: digits" in result.stdout
+
+
+def test_required_dataset_root_is_named(tmp_path):
+    result = cvtool("train", "dataset=imagefolder", f"paths.runs={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: config key 'dataset.root' needs a value (dataset.root) — pass dataset.root=..."
+
+
+def test_bad_transform_target_names_the_config_key(tmp_path):
+    result = cvtool("train", "dataset.train_transforms=[{_target_: torchvision.transforms.v2.Nope}]",
+                    f"paths.runs={tmp_path}", f"paths.datasets={tmp_path}", "dataset.synth.num_train=10",
+                    "dataset.synth.num_val=5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot build dataset.train_transforms[0]" in result.stderr and "v2.Nope" in result.stderr

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvtool.data.samplers import ResumableSampler, ShardSampler
 from cvtool.engine.hardware import Hardware, init_distributed, resolve_hardware
+from cvtool.errors import CvtoolError
 from cvtool.tasks import build_task
 from cvtool.utils import distributed as dist
 from cvtool.utils.seeding import seed_everything
@@ -20,7 +21,26 @@ log = logging.getLogger("cvtool")
 
 def plain(node) -> dict | list:
     """A resolved plain-Python copy of a config node (what the layers below Hydra receive)."""
-    return OmegaConf.to_container(node, resolve=True)
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise CvtoolError(f"config key '{key}' needs a value", where=key, fix=f"pass {key}=...") from exc
+
+
+def instantiate(spec, key: str):
+    """hydra.utils.instantiate, with a bad `_target_` or argument reported as a user error naming the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(spec)
+    except InstantiationException as exc:
+        reason = str(exc).splitlines()[0].split(", set env var HYDRA_FULL_ERROR")[0]
+        raise CvtoolError(f"cannot build {key}: {reason}", where=key,
+                          fix="check its _target_ and arguments (cvtool config show)") from exc
 
 
 def setup(cfg: DictConfig) -> Hardware:
@@ -36,12 +56,12 @@ def task_from(cfg: DictConfig):
     return build_task(cfg.task.name, plain(cfg.task), plain(cfg.dataset))
 
 
-def transforms(specs) -> torch.nn.Module | None:
+def transforms(cfg: DictConfig, which: str) -> torch.nn.Module | None:
     """Instantiate a list of `_target_` transform specs into a transforms.v2.Compose (None when empty)."""
-    from hydra.utils import instantiate
     from torchvision.transforms import v2
 
-    items = [instantiate(spec) for spec in specs or []]
+    specs = cfg.dataset[which] or []
+    items = [instantiate(spec, f"dataset.{which}[{i}]") for i, spec in enumerate(specs)]
     return v2.Compose(items) if items else None
 
 
@@ -82,14 +102,12 @@ def limited(dataset, limit: int | None, seed: int):
 
 def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """`optim` is a partial `_target_`; norm layers and biases get no weight decay unless asked."""
-    from hydra.utils import instantiate
-
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 and not cfg.trainer.decay_norm_and_bias else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return instantiate(cfg.optim)([g for g in groups if g["params"]])
+    return instantiate(cfg.optim, "optim")([g for g in groups if g["params"]])
 
 
 def to_device(model: torch.nn.Module, hardware: Hardware) -> torch.nn.Module:

@@ -28,7 +28,7 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
 def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
     hardware = C.setup(cfg)
     model, task, class_names, state = restore(cfg, hardware)
-    dataset = task.open_split(cfg.dataset.split, C.transforms(cfg.dataset.eval_transforms),
+    dataset = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"),
                               skip_invalid=cfg.data.skip_invalid, seed=cfg.seed, classes=class_names)
     check_compatible(state, task.name, dataset.classes)
     log.info("evaluating %s on %s", state["path"], dataset.source)

@@ -37,7 +37,7 @@ def predict(cfg: DictConfig, run_dir: Path | None) -> dict:
     model, task, class_names, state = restore(cfg, hardware)
     files = list_images(cfg.source)
     size = cfg.dataset.image_size
-    transform = v2.Compose([*(C.transforms(cfg.dataset.eval_transforms) or []), v2.Resize((size, size))])
+    transform = v2.Compose([*(C.transforms(cfg, "eval_transforms") or []), v2.Resize((size, size))])
     images = ImageFiles(files, cfg.dataset.channels, transform)
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.data.eval_batch_size,
                                          num_workers=C.num_workers(cfg, images))

@@ -39,8 +39,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     hardware = C.setup(cfg)
     task = C.task_from(cfg)
     common = {"skip_invalid": cfg.data.skip_invalid, "seed": cfg.seed}
-    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg.dataset.train_transforms), **common)
-    val_set = task.open_split(cfg.dataset.split, C.transforms(cfg.dataset.eval_transforms), **common,
+    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg, "train_transforms"), **common)
+    val_set = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"), **common,
                               classes=train_set.classes)
     train_set = C.limited(train_set, cfg.data.limit, cfg.seed)
     val_set = C.limited(val_set, cfg.data.limit and max(1, cfg.data.limit // 2), cfg.seed)
