@@ -76,7 +76,8 @@ def test_config_show_prints_composed_yaml():
 def test_required_dataset_root_is_named(tmp_path):
     result = cvtool("train", "dataset=imagefolder", f"paths.runs={tmp_path}")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: config key 'dataset.root' needs a value (dataset.root) — pass dataset.root=..."
+    expected = "error: config key 'dataset.root' needs a value (dataset.root) — pass dataset.root=..."
+    assert result.stderr.strip() == expected
 
 
 def test_bad_transform_target_names_the_config_key(tmp_path):
