@@ -47,7 +47,7 @@ def resume_overrides(overrides: list[str]) -> list[str]:
         path = latest_checkpoint(Path(cfg.paths.runs) / cfg.task.name / "train")
     else:
         path = resolve_checkpoint_path(value)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, lazy=True)
     stored = without(state.get("overrides", []), "resume", "command", "trainer.stop_after")
     run_dir = path.resolve().parent.parent
     return [*stored, *user, quoted("resume", path), quoted("hydra.run.dir", run_dir)]
@@ -61,7 +61,7 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
     value = value_of(overrides, "ckpt")
     if value is None:
         return overrides
-    state = load_checkpoint(value)
+    state = load_checkpoint(value, lazy=True)
     chosen = {o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in MODEL_KEYS}
     stored = [o for o in state.get("overrides", [])
               if (group := o.split("=", 1)[0].split(".")[0].lstrip("+")) in MODEL_KEYS and group not in chosen]

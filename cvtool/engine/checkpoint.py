@@ -32,11 +32,14 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a cvtool checkpoint (never unpickles arbitrary objects)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", lazy: bool = False) -> dict:
+    """Load and validate a cvtool checkpoint (never unpickles arbitrary objects).
+
+    `lazy=True` memory-maps the tensors: reading only the metadata (config, overrides) then costs no tensor I/O.
+    """
     path = resolve_checkpoint_path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=lazy)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
         raise CvtoolError(f"cannot read checkpoint: {str(exc).splitlines()[0][:160]}", where=str(path),
                           fix="the file is corrupt, truncated or not a cvtool checkpoint; use another one") from exc

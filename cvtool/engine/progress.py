@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from rich.console import Console
+from rich import get_console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,25 +17,19 @@ from rich.progress import (
 log = logging.getLogger("cvtool")
 
 
-def _console() -> Console:
-    from rich import get_console
-
-    return get_console()
-
-
 class TrainProgress:
     """One bar over all optimizer steps: epoch, step, loss, lr, throughput, elapsed and ETA."""
 
     def __init__(self, total: int, completed: int, enabled: bool):
-        self.enabled = enabled and _console().is_terminal
+        self.enabled = enabled and get_console().is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[throughput]:.0f} img/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=_console(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=get_console(),
             disable=not self.enabled)
         self.task = self.progress.add_task("train", total=total, completed=completed, loss=float("nan"),
                                            lr=0.0, throughput=0.0)
-        self.is_main = enabled
+        self.log_lines = enabled  # epoch summaries: rank 0 only, also when no bar is shown
 
     def start(self) -> None:
         self.progress.start()
@@ -53,13 +47,13 @@ class TrainProgress:
         self.progress.update(self.task, **fields)
 
     def print(self, message: str) -> None:
-        if self.is_main:
+        if self.log_lines:
             log.info(message)
 
 
 def track(iterable, total: int | None, description: str, enabled: bool = True):
     """Iterate with a transient progress bar (inference, dataset generation)."""
-    console = _console()
+    console = get_console()
     if not (enabled and console.is_terminal):
         yield from iterable
         return
