@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvtool.config import runner
-from cvtool.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from cvtool.errors import CvtoolError
 
 # stored overrides that describe the model and its data (kept when a checkpoint is evaluated or predicted with)
@@ -41,6 +40,8 @@ def resume_overrides(overrides: list[str]) -> list[str]:
     value = value_of(overrides, "resume")
     if value is None:
         return overrides
+    from cvtool.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+
     user = without(overrides, "resume")
     if value == "auto":
         cfg = runner.compose("train", user)
@@ -61,6 +62,8 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
     value = value_of(overrides, "ckpt")
     if value is None:
         return overrides
+    from cvtool.engine.checkpoint import load_checkpoint
+
     state = load_checkpoint(value, lazy=True)
     chosen = {o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in MODEL_KEYS}
     stored = [o for o in state.get("overrides", [])

@@ -1,4 +1,4 @@
-"""`cvtool eval ckpt=PATH`: evaluate a trained model on a dataset split with the task's evaluator."""
+"""`cvtool eval`: a trained model (ckpt=PATH) or stored predictions (predictions=PATH) -> metrics JSON + table."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cvtool.config import runner
-from cvtool.engine.inference import run_inference
+from cvtool.errors import CvtoolError
 from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_write_text
 
-from . import components as C
-from .checkpoints import check_compatible, checkpoint_overrides
-from .report import classification_table, show
-from .restore import restore
+from .checkpoints import checkpoint_overrides
+from .report import metrics_table, show
 
 log = logging.getLogger("cvtool.eval")
 
@@ -26,20 +24,37 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
-    hardware = C.setup(cfg)
-    model, task, class_names, state = restore(cfg, hardware)
-    dataset = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"),
-                              skip_invalid=cfg.data.skip_invalid, seed=cfg.seed, classes=class_names)
-    check_compatible(state, task.name, dataset.classes)
-    log.info("evaluating %s on %s", state["path"], dataset.source)
-    metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False),
-                            task.build_evaluator(len(class_names)), hardware)
-    run_dir = C.run_dir_path(run_dir)
+    if cfg.predictions is not None and cfg.ckpt is not None:
+        raise CvtoolError("both ckpt= and predictions= given", where="ckpt/predictions",
+                          fix="evaluate either a model (ckpt=PATH) or stored predictions (predictions=PATH)")
+    if cfg.predictions is not None:
+        from .evaluate_stored import evaluate_stored  # numpy only: no torch import on this path
+
+        evaluation = evaluate_stored(cfg)
+    elif cfg.ckpt is not None:
+        from .evaluate_model import evaluate_model
+
+        evaluation = evaluate_model(cfg)
+    else:
+        raise CvtoolError("nothing to evaluate", where="cvtool eval",
+                          fix="pass ckpt=PATH (a trained model) or predictions=PATH (stored predictions)")
     if dist.is_main():
-        text = json.dumps(metrics, indent=2)
-        for path in filter(None, [run_dir and run_dir / "metrics.json", cfg.json and Path(cfg.json)]):
-            atomic_write_text(path, text)
-        show(classification_table(metrics, class_names, title=f"{dataset.source}"))
-        log.info("metrics written to %s", run_dir / "metrics.json" if run_dir else cfg.json)
+        report(evaluation, cfg, Path(run_dir) if run_dir is not None else None)
     dist.shutdown()
-    return metrics
+    return evaluation.metrics
+
+
+def report(evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
+    """metrics.json (run dir and json=PATH), the confusion-matrix picture, the protocol banner and the table."""
+    text = json.dumps(evaluation.metrics, indent=2)
+    targets = [p for p in (run_dir and run_dir / "metrics.json", cfg.json and Path(cfg.json)) if p]
+    for path in targets:
+        atomic_write_text(path, text)
+    if evaluation.confusion is not None and run_dir is not None:
+        from cvtool.viz.confusion import plot_confusion
+
+        plot_confusion(evaluation.confusion, evaluation.class_names, run_dir / "plots" / "confusion_matrix.png",
+                       title=evaluation.source)
+    log.info("protocol: %s", evaluation.protocol)
+    show(metrics_table(evaluation.metrics, evaluation.class_names, title=evaluation.source))
+    log.info("metrics written to %s", " and ".join(map(str, targets)))

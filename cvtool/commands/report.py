@@ -1,4 +1,4 @@
-"""Rich tables printed next to the metrics files."""
+"""Rich tables printed next to the metrics files: per-class rows and a summary, one layout per metrics kind."""
 
 from __future__ import annotations
 
@@ -11,17 +11,69 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def classification_table(metrics: dict, class_names: list[str], title: str) -> Table:
+def _table(title: str, *columns: str) -> Table:
     table = Table(title=escape(title))
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
+    table.add_column(columns[0])
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
+    return table
+
+
+def classification_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    table = _table(title, "class", "accuracy")
     for name, acc in zip(class_names, metrics["per_class_acc"]):
-        table.add_row(name, _fmt(acc))
+        table.add_row(escape(name), _fmt(acc))
     table.add_section()
     table.add_row("[bold]top-1", f"[bold]{_fmt(metrics['top1'])}")
     table.add_row("top-5", _fmt(metrics["top5"]))
     table.add_row("samples", str(metrics["num_samples"]))
     return table
+
+
+def voc_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    table = _table(title, "class", "AP (VOC07 11-pt)", "AP (VOC10 area)")
+    for name in metrics["voc07"]["per_class_AP"]:
+        table.add_row(escape(name), _fmt(metrics["voc07"]["per_class_AP"][name]),
+                      _fmt(metrics["voc10"]["per_class_AP"][name]))
+    table.add_section()
+    table.add_row("[bold]mAP", f"[bold]{_fmt(metrics['voc07']['mAP'])}", f"[bold]{_fmt(metrics['voc10']['mAP'])}")
+    return table
+
+
+def coco_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    iou_types = [t for t in ("bbox", "segm") if t in metrics]
+    table = _table(title, "", *iou_types)
+    categories = metrics[iou_types[0]]["per_category_AP"]
+    for name in categories:
+        table.add_row(escape(f"AP {name}"), *(_fmt(metrics[t]["per_category_AP"][name]) for t in iou_types))
+    table.add_section()
+    for stat in [k for k in metrics[iou_types[0]] if k != "per_category_AP"]:
+        style = "[bold]" if stat == "AP" else ""
+        table.add_row(f"{style}{stat}", *(f"{style}{_fmt(metrics[t][stat])}" for t in iou_types))
+    return table
+
+
+def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    table = _table(title, "class", "IoU", "accuracy")
+    for name, iou, acc in zip(class_names, metrics["per_class_iou"], metrics["per_class_acc"]):
+        table.add_row(escape(name), _fmt(iou), _fmt(acc))
+    table.add_section()
+    table.add_row("[bold]mIoU", f"[bold]{_fmt(metrics['mIoU'])}", "")
+    table.add_row("fwIoU", _fmt(metrics["fwIoU"]), "")
+    table.add_row("pixel accuracy", "", _fmt(metrics["pixel_acc"]))
+    table.add_row("mean class accuracy", "", _fmt(metrics["mean_class_acc"]))
+    return table
+
+
+def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    """The table matching the metrics' kind (classification, VOC, COCO or segmentation)."""
+    if "voc07" in metrics:
+        return voc_table(metrics, class_names, title)
+    if "bbox" in metrics or "segm" in metrics:
+        return coco_table(metrics, class_names, title)
+    if "mIoU" in metrics:
+        return segmentation_table(metrics, class_names, title)
+    return classification_table(metrics, class_names, title)
 
 
 def show(table: Table) -> None:

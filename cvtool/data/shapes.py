@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cvtool.data.index_png import VOC_PALETTE, voc_palette, write_index_png
 from cvtool.data.shapes_draw import SHAPE_CLASSES, Scene, render_scene
 from cvtool.errors import CvtoolError
 
@@ -46,22 +47,6 @@ MAX_WORKERS = 8
 
 T = TypeVar("T")
 _Job = tuple[int, int, str]  # (split index, image index within the split, output name)
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC devkit colour map (bit-interleaved label bits), 256 RGB triples flattened."""
-    palette = []
-    for label in range(256):
-        rgb, c = [0, 0, 0], label
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
-            c >>= 3
-        palette.extend(rgb)
-    return palette
-
-
-VOC_PALETTE: list[int] = voc_palette()
 
 
 def coco_category_id(label: int) -> int:
@@ -190,12 +175,6 @@ def _voc_xml(image_id: str, size: int, instances: list[_Instance]) -> ET.Element
     return tree
 
 
-def _save_palette_png(values: np.ndarray, path: Path) -> None:
-    image = Image.frombytes("P", values.shape[::-1], values.tobytes())
-    image.putpalette(VOC_PALETTE)
-    image.save(path)
-
-
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a (2r+1)^2 square, separably: OR of shifted copies along each axis."""
     h, w = mask.shape
@@ -226,8 +205,8 @@ def _devkit_image(root: Path, image_size: int, counts: tuple[int, int], sizes: t
     Image.fromarray(scene.image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
     _voc_xml(image_id, scene.image.shape[1], instances).write(root / "Annotations" / f"{image_id}.xml")
     objects, classes = _segmentation_maps(scene)
-    _save_palette_png(objects, root / "SegmentationObject" / f"{image_id}.png")
-    _save_palette_png(classes, root / "SegmentationClass" / f"{image_id}.png")
+    write_index_png(root / "SegmentationObject" / f"{image_id}.png", objects)
+    write_index_png(root / "SegmentationClass" / f"{image_id}.png", classes)
     return instances
 
 

@@ -1,8 +1,14 @@
-"""The evaluator interface shared by every task (detectron2-style)."""
+"""The evaluator interface shared by every task (detectron2-style), and the numpy boundary for model outputs.
+
+Evaluators compute with numpy only, so stored predictions are evaluated without importing torch; tensors coming
+from a model are converted on entry by `to_numpy`.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+import numpy as np
 
 
 class Evaluator(Protocol):
@@ -14,3 +20,24 @@ class Evaluator(Protocol):
 
     def evaluate(self) -> dict:
         """Final metrics (reduced over DDP ranks), following the metrics JSON contract of DESIGN.md §6."""
+
+
+def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """A numpy array from a tensor (any device/dtype, bf16 included), an array or a sequence."""
+    if hasattr(value, "detach"):
+        value = value.detach()
+        if value.is_floating_point():
+            value = value.float()
+        value = value.cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator as a Python float, None (JSON null) when the denominator is 0."""
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def mean_defined(values: list[float | None]) -> float | None:
+    """Mean of the defined (non-None) values; None when there are none."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cvtool.data.classification_sets import ClassificationSet, open_classification_set
-from cvtool.data.shapes import ensure_shapes
+from cvtool.data.roots import prepared_root
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
 from cvtool.metrics.classification import ClassificationEvaluator
@@ -25,14 +25,7 @@ class ClassificationTask:
     # --- building ------------------------------------------------------------------------------------------
     def dataset_root(self) -> Path | None:
         """The dataset root, generating the synthetic shapes data first when the dataset is synthetic."""
-        ds = self.dataset_cfg
-        if ds.get("root") is None:
-            return None
-        root = Path(ds["root"])
-        if ds.get("synth"):
-            params = dict(ds["synth"])
-            ensure_shapes(params.pop("kind"), root, **params)
-        return root
+        return prepared_root(self.dataset_cfg)
 
     def open_split(self, split: str, transform, *, skip_invalid: bool, seed: int,
                    classes: list[str] | None = None) -> ClassificationSet:

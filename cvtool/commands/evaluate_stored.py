@@ -1,0 +1,151 @@
+"""`cvtool eval task=... predictions=PATH`: stored predictions through the same evaluators as models.
+
+numpy, Pillow and pycocotools only: nothing here (or imported from here) loads torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from cvtool.data.roots import prepared_root
+from cvtool.engine.progress import track
+from cvtool.errors import CvtoolError
+
+
+@dataclass
+class Evaluation:
+    """What `cvtool eval` reports: the metrics JSON, class names for the table, the protocol banner."""
+
+    metrics: dict
+    class_names: list[str]
+    protocol: str
+    source: str
+    confusion: np.ndarray | None = field(default=None, repr=False)
+
+
+def evaluate_stored(cfg: DictConfig) -> Evaluation:
+    task = cfg.task.name
+    if task == "classification":
+        return classification(cfg)
+    if task == "segmentation":
+        return segmentation(cfg)
+    if task == "detection":
+        kind = cfg.dataset.kind
+        if kind == "voc":
+            return voc_detection(cfg)
+        if kind == "coco":
+            return coco_detection(cfg)
+        raise CvtoolError(f"dataset kind {kind!r} has no detection ground truth", where=f"dataset={cfg.dataset.name}",
+                          fix="use dataset=voc, coco, shapes_det or shapes_coco")
+    raise CvtoolError(f"unknown task {task!r}", where="task", fix="use task=classification, detection or segmentation")
+
+
+def dataset_classes(dataset: Mapping, count: int, key: str = "classes") -> list[str]:
+    """dataset.classes when it names `count` classes; index names when it is null; an error otherwise."""
+    names = dataset.get(key)
+    if names is None:
+        return [str(k) for k in range(count)]
+    if len(names) != count:
+        raise CvtoolError(f"dataset.classes names {len(names)} classes but the data has {count}",
+                          where="dataset.classes", fix=f"pass {count} names, or dataset.classes=null")
+    return [str(n) for n in names]
+
+
+def classification(cfg: DictConfig) -> Evaluation:
+    from cvtool.data.logits_files import read_classification_predictions
+    from cvtool.metrics.classification import ClassificationEvaluator
+
+    logits, targets = read_classification_predictions(cfg.predictions, cfg.targets)
+    evaluator = ClassificationEvaluator(logits.shape[1], topk=cfg.task.topk)
+    evaluator.process({"target": targets}, logits)
+    return Evaluation(evaluator.evaluate(), dataset_classes(cfg.dataset, logits.shape[1]), evaluator.protocol(),
+                      str(cfg.predictions), evaluator.confusion)
+
+
+def _refuse_json(cfg: DictConfig, expected: str) -> None:
+    if Path(cfg.predictions).suffix.lower() == ".json":
+        raise CvtoolError(f"predictions is a COCO results JSON but dataset={cfg.dataset.name} expects {expected}",
+                          where="predictions", fix="use dataset=coco dataset.ann_file=... (or dataset=shapes_coco)")
+
+
+def voc_detection(cfg: DictConfig) -> Evaluation:
+    from cvtool.data.voc_annotations import load_voc_objects
+    from cvtool.data.voc_results import read_result_file, result_files
+    from cvtool.metrics.voc import Boxes, VOCEvaluator
+
+    _refuse_json(cfg, "a directory of comp4_det_<split>_<class>.txt files")
+    class_names = list(cfg.dataset.classes)
+    split = cfg.dataset.split
+    gt = load_voc_objects(prepared_root(cfg.dataset), split, class_names)
+    files = result_files(cfg.predictions, split, class_names)
+    index = {image_id: i for i, image_id in enumerate(gt.image_ids)}
+    evaluator = VOCEvaluator(Boxes.make(gt.image, gt.label, gt.box, difficult=gt.difficult), gt.image_ids,
+                             class_names)
+    for name, path in files.items():
+        image, scores, boxes = read_result_file(path, index)
+        evaluator.add(Boxes.make(image, class_names.index(name), boxes, scores=scores))
+    return Evaluation(evaluator.evaluate(), class_names, evaluator.protocol(),
+                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)")
+
+
+def coco_detection(cfg: DictConfig) -> Evaluation:
+    from cvtool.data.coco_json import load_instances, load_results
+    from cvtool.metrics.coco import CocoEvaluator, check_iou_types, coco_api
+
+    prepared_root(cfg.dataset)
+    gt_data = load_instances(cfg.dataset.ann_file)
+    results = load_results(cfg.predictions, gt_data)
+    iou_types = check_iou_types(results, cfg.iou_type, str(cfg.predictions))
+    categories = sorted(gt_data["categories"], key=lambda c: c["id"])
+    evaluator = CocoEvaluator(coco_api(gt_data, cfg.backend), [c["id"] for c in categories], iou_types, cfg.backend)
+    evaluator.results = results
+    return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
+                      str(cfg.predictions))
+
+
+def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:
+    from cvtool.data.index_png import read_index_png
+    from cvtool.metrics.segmentation import confusion_matrix
+
+    gt_path, pred_path = pair
+    if not pred_path.is_file():
+        raise CvtoolError("prediction missing", where=str(pred_path),
+                          fix="write one index PNG per image of the split, named <image id>.png")
+    gt, pred = read_index_png(gt_path), read_index_png(pred_path)
+    if gt.shape != pred.shape:
+        raise CvtoolError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth {gt_path} is "
+                          f"{gt.shape[1]}x{gt.shape[0]}", where=str(pred_path),
+                          fix="predict at the original image size")
+    if pred.size and pred.max() >= num_classes:
+        raise CvtoolError(f"prediction value {int(pred.max())} is not a class index in [0, {num_classes})",
+                          where=str(pred_path), fix="write class indices (or set dataset.num_classes)")
+    return confusion_matrix(gt, pred, num_classes, ignore_index)
+
+
+def segmentation(cfg: DictConfig) -> Evaluation:
+    from cvtool.data.voc_annotations import check_devkit_root, read_split
+    from cvtool.metrics.segmentation import SegmentationEvaluator
+
+    pred_dir = Path(cfg.predictions)
+    if not pred_dir.is_dir():
+        raise CvtoolError("predictions directory not found", where=str(pred_dir),
+                          fix="pass predictions= a directory of index PNGs named <image id>.png")
+    root = check_devkit_root(prepared_root(cfg.dataset), "SegmentationClass")
+    ids = read_split(root, "Segmentation", cfg.dataset.split)
+    num_classes, ignore_index = int(cfg.dataset.num_classes), cfg.dataset.ignore_index
+    class_names = dataset_classes(cfg.dataset, num_classes)
+    evaluator = SegmentationEvaluator(num_classes, ignore_index)
+    pairs = [(root / "SegmentationClass" / f"{i}.png", pred_dir / f"{i}.png") for i in ids]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PNG decoding releases the GIL
+        for confusion in track(pool.map(lambda p: _confusion_of(p, num_classes, ignore_index), pairs),
+                               total=len(pairs), description="evaluating masks"):
+            evaluator.confusion += confusion
+    return Evaluation(evaluator.evaluate(), class_names, evaluator.protocol(),
+                      f"{pred_dir} on {cfg.dataset.split} ({len(ids)} images)", evaluator.confusion)

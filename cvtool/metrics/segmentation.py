@@ -1,0 +1,68 @@
+"""Semantic segmentation metrics from one confusion matrix accumulated over the whole split.
+
+Ground-truth pixels equal to the ignore index (255) or outside [0, num_classes) are left out. A class absent from
+both ground truth and prediction (empty union) has IoU null and is skipped by the means; a class predicted but
+absent from the ground truth has IoU 0. Under DDP the matrices of all ranks are summed before any ratio.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvtool.utils import distributed as dist
+
+from .base import mean_defined, ratio, to_numpy
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    """[gt class, predicted class] pixel counts; predictions must lie in [0, num_classes)."""
+    gt, pred = gt.reshape(-1).astype(np.int64), pred.reshape(-1).astype(np.int64)
+    valid = (gt >= 0) & (gt < num_classes)
+    if ignore_index is not None:
+        valid &= gt != ignore_index
+    n = num_classes
+    return np.bincount(gt[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
+
+
+def segmentation_metrics(confusion: np.ndarray) -> dict:
+    """mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and per-class IoU/accuracy."""
+    confusion = confusion.astype(np.float64)
+    tp = np.diag(confusion)
+    gt_pixels, pred_pixels = confusion.sum(axis=1), confusion.sum(axis=0)
+    union = gt_pixels + pred_pixels - tp
+    total = gt_pixels.sum()
+    iou = [ratio(t, u) for t, u in zip(tp, union)]
+    acc = [ratio(t, g) for t, g in zip(tp, gt_pixels)]
+    fw = [g / total * i for g, i in zip(gt_pixels, iou) if i is not None and g > 0] if total else []
+    return {"mIoU": mean_defined(iou), "pixel_acc": ratio(tp.sum(), total), "mean_class_acc": mean_defined(acc),
+            "fwIoU": float(sum(fw)) if total else None, "per_class_iou": iou, "per_class_acc": acc,
+            "num_pixels": int(total)}
+
+
+class SegmentationEvaluator:
+    """`process(inputs, outputs)` with inputs["mask"] (N, H, W) class indices and outputs either label maps
+    (N, H, W) or logits (N, C, H, W) (argmax over C)."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def process(self, inputs: dict, outputs) -> None:
+        if hasattr(outputs, "argmax") and np.ndim(outputs) == 4:
+            outputs = outputs.argmax(1)
+        self.add(to_numpy(inputs["mask"]), to_numpy(outputs))
+
+    def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        self.confusion += confusion_matrix(gt, pred, self.num_classes, self.ignore_index)
+
+    def protocol(self) -> str:
+        void = f"GT pixels = {self.ignore_index} ignored, " if self.ignore_index is not None else ""
+        return (f"one confusion matrix over the whole split ({self.num_classes} classes), {void}classes absent from "
+                "GT and prediction → null IoU, skipped by the means")
+
+    def evaluate(self) -> dict:
+        self.confusion = dist.all_reduce_sum(self.confusion)
+        return segmentation_metrics(self.confusion)
