@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import only_run_dir, read_json
@@ -52,18 +53,29 @@ def test_eval_of_best_checkpoint_reproduces_the_validation_metric(tiny, tmp_path
     assert metrics["num_samples"] == 60 and len(metrics["per_class_acc"]) == 5
 
 
-def test_predict_writes_csv_logits_and_overlays(tiny, tmp_path, datasets_root):
+def test_predict_writes_what_eval_reads_back_to_the_same_metrics(tiny, tmp_path, datasets_root):
     train.main(tiny)
-    ckpt = run_dir_of(tmp_path / "runs") / "checkpoints" / "last.pt"
-    source = datasets_root / "shapes" / "classification" / "val" / "star"
-    predict.main([f"ckpt={ckpt}", f"source={source}", f"paths.runs={tmp_path / 'runs'}", "hardware=cpu"])
+    ckpt = run_dir_of(tmp_path / "runs") / "checkpoints" / "best.pt"
+    common = [f"ckpt={ckpt}", f"paths.runs={tmp_path / 'runs'}", "hardware=cpu"]
+    direct, = evaluate.main(common)
+    predict.main(common)  # no source=: the dataset's evaluation split, with its targets
     out = run_dir_of(tmp_path / "runs", "predict")
     lines = (out / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "file,label,class,score,top5" and len(lines) == 1 + len(list(source.glob("*.png")))
-    import numpy as np
-
-    assert np.load(out / "logits.npy").shape == (len(lines) - 1, 5)
-    assert len(list((out / "overlays").glob("*.png"))) == len(lines) - 1
+    assert lines[0] == "index,file,target,pred,class,score," + ",".join(f"logit_{k}" for k in range(5))
+    assert len(lines) == 61 and np.load(out / "logits.npy").shape == (60, 5)
+    assert np.load(out / "targets.npy").shape == (60,)
+    assert len(list((out / "overlays").glob("*.png"))) == 60
+    for stored in ([f"predictions={out / 'logits.npy'}", f"targets={out / 'targets.npy'}"],
+                   [f"predictions={out / 'predictions.csv'}"]):
+        metrics, = evaluate.main(["task=classification", *stored, f"paths.runs={tmp_path / 'runs'}"])
+        assert metrics == direct
+    source = datasets_root / "shapes" / "classification" / "val" / "star"  # plain images: no targets
+    predict.main([*common[:1], f"source={source}", f"paths.runs={tmp_path / 'p2'}", "hardware=cpu", "overlays=3"])
+    out = run_dir_of(tmp_path / "p2", "predict")
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("index,file,pred,class,score,logit_0")
+    assert len(lines) == 1 + len(list(source.glob("*.png")))
+    assert not (out / "targets.npy").exists() and len(list((out / "overlays").glob("*.png"))) == 3
 
 
 def weights(path: Path) -> dict:

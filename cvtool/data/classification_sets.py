@@ -40,6 +40,7 @@ class ClassificationSet(Dataset):
         self.classes, self.targets, self.channels = classes, targets, channels
         self.source, self.num_skipped = source, num_skipped
         self.transform: Callable | None = None
+        self.files: list[str] | None = None  # image file of each item, when the data are files
         self.in_memory_data = False  # True when the whole split is one tensor (no DataLoader workers needed)
 
     def __len__(self) -> int:
@@ -77,7 +78,9 @@ class ImageFileSet(ClassificationSet):
         if len({tuple(image.shape) for image in images}) > 1:
             raise CvtoolError("dataset.cache=true needs images of one size", where=self.source,
                               fix="set dataset.cache=false (images are then decoded per item)")
-        return TensorImageSet(torch.stack(images), self.targets, self.classes, f"{self.source}, in memory")
+        cached = TensorImageSet(torch.stack(images), self.targets, self.classes, f"{self.source}, in memory")
+        cached.files = self.files
+        return cached
 
 
 class TensorImageSet(ClassificationSet):

@@ -19,6 +19,19 @@ def autocast(hardware: Hardware):
     return torch.autocast(device_type=hardware.device.type, dtype=hardware.amp_dtype)
 
 
+class OutputCollector:
+    """An "evaluator" that keeps the model outputs (on the CPU, float32): `cvtool predict` over a loader."""
+
+    def reset(self) -> None:
+        self.outputs: list[torch.Tensor] = []
+
+    def process(self, inputs, outputs: torch.Tensor) -> None:
+        self.outputs.append(outputs.detach().float().cpu())
+
+    def evaluate(self) -> torch.Tensor:
+        return torch.cat(self.outputs)
+
+
 @torch.inference_mode()
 def run_inference(model: torch.nn.Module, task, loader, evaluator, hardware: Hardware,
                   description: str = "eval") -> dict:
