@@ -28,3 +28,17 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_one_run_dir(tiny, 
     assert metrics["world_size"] == 2 and metrics["final"]["num_samples"] == 60  # every val image counted once
     state = torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(state["model"][k], rank0[k]) for k in rank0)
+
+
+def test_evaluators_reduce_over_ranks_to_the_single_process_metrics(tmp_path):
+    from ddp_eval_worker import evaluate_all
+
+    out = tmp_path / "metrics.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_eval_worker.py"), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={
+        **__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = __import__("json").loads(__import__("json").dumps(evaluate_all(0, 1)))
+    assert __import__("json").loads(out.read_text()) == single
+    assert single["seg"]["num_pixels"] > 0 and single["voc"]["voc10"]["mAP"] > 0.2 and single["coco"]["bbox"]["AP"] > 0

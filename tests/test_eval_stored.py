@@ -228,3 +228,6 @@ def test_cli_errors_are_one_line_with_exit_code_2(devkit, stored, tmp_path):
     assert done.returncode == 2 and "pass ckpt=PATH" in done.stderr
     done = _cli(f"predictions={stored['dir'] / 'logits.npy'}", f"paths.runs={tmp_path}")
     assert done.returncode == 2 and "targets=PATH.npy" in done.stderr
+    done = _cli("task=detection", "dataset=coco", f"predictions={stored['dir'] / 'results.json'}",
+                f"paths.runs={tmp_path}")  # neither dataset.ann_file nor dataset.root
+    assert done.returncode == 2 and "error: config key 'dataset.root' needs a value" in done.stderr

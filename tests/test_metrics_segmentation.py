@@ -34,6 +34,8 @@ def test_ignored_pixels():
     assert confusion_matrix(gt_255_class, np.array([0, 0]), 3, None).sum() == 1
     m = segmentation_metrics(confusion_matrix(gt, pred, 3, 255))
     assert m["num_pixels"] == 3 and m["pixel_acc"] == 2 / 3
+    # an ignore index inside the class range drops those GT pixels too: only (0, 0) is left
+    assert confusion_matrix(gt, pred, 3, 1).tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
 
 
 def test_absent_and_predicted_only_classes():

@@ -65,11 +65,11 @@ def test_duplicate_is_fp_without_fallback():
 
 def test_difficult_ignored_and_not_counted():
     gt = Boxes.make(0, 0, [G, FAR], difficult=[True, False])
-    # first detection matches the difficult box best (IoU 1) although the normal box is not far: dropped
+    # the first detection matches the difficult box (IoU 1): dropped, npos = 1
     dets = Boxes.make(0, 0, [G, FAR], scores=[0.9, 0.8])
     tp, fp = match_class(gt, dets)
     assert tp.tolist() == [True] and fp.tolist() == [False]
-    assert ap(gt, dets) == (1.0, 1.0)  # npos = 1, one TP
+    assert ap(gt, dets) == (1.0, 1.0)  # one TP of one positive (as an FP it would give 0.5)
     # a detection that best-matches a difficult box (IoU 1) is dropped even if it overlaps a normal box >= 0.5
     gt2 = Boxes.make(0, 0, [(1, 1, 10, 9), G], difficult=[False, True])
     dets2 = Boxes.make(0, 0, [G, (1, 1, 10, 9)], scores=[0.9, 0.8])

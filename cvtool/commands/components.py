@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cvtool.config.errors import missing_value
 from cvtool.data.samplers import ResumableSampler, ShardSampler
 from cvtool.engine.hardware import Hardware, init_distributed, resolve_hardware
 from cvtool.errors import CvtoolError
@@ -21,13 +22,12 @@ log = logging.getLogger("cvtool")
 
 def plain(node) -> dict | list:
     """A resolved plain-Python copy of a config node (what the layers below Hydra receive)."""
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
     try:
         return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as exc:
-        key = exc.full_key
-        raise CvtoolError(f"config key '{key}' needs a value", where=key, fix=f"pass {key}=...") from exc
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as exc:
+        raise missing_value(exc) from exc
 
 
 def instantiate(spec, key: str):

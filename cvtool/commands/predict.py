@@ -78,6 +78,7 @@ def draw_overlays(directory: Path, names: list[str], logits: torch.Tensor, class
         path = Path(name)
         if limit is not None and count >= limit or not path.is_file():
             continue
-        labelled(path, f"{class_names[label[index]]} {score[index]:.2f}").save(directory / f"{index:05d}_{path.stem}.png")
+        text = f"{class_names[label[index]]} {score[index]:.2f}"
+        labelled(path, text).save(directory / f"{index:05d}_{path.stem}.png")
         count += 1
     return count

@@ -70,3 +70,15 @@ def translate(exc: BaseException, known_keys) -> CvtoolError | None:
         return CvtoolError(text.splitlines()[0], where="config",
                            fix=str(cause).splitlines()[0] if cause else None)
     return None
+
+
+def missing_value(exc: BaseException) -> CvtoolError | None:
+    """A `???` config value read (directly or through an interpolation) -> a user error naming the key to set."""
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+    if not isinstance(exc, (MissingMandatoryValue, InterpolationToMissingValueError)):
+        return None
+    found = re.search(r"Missing mandatory value: ?([\w.\[\]]+)", str(exc))
+    key = found.group(1) if isinstance(exc, InterpolationToMissingValueError) and found else exc.full_key
+    via = f" (needed by '{exc.full_key}')" if exc.full_key and exc.full_key != key else ""
+    return CvtoolError(f"config key '{key}' needs a value{via}", where=key, fix=f"pass {key}=...")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvtool.errors import CvtoolError
 
-from .errors import dotted_keys, translate
+from .errors import dotted_keys, missing_value, translate
 from .locate import conf_dir
 
 CONFIG_NAME = "config"
@@ -102,7 +102,7 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
         try:
             result = job(cfg, Path(HydraConfig.get().runtime.output_dir))
         except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
-            return _Failure(exc)
+            return _Failure(missing_value(exc) or exc)
         results.append(result)
         return result
 
