@@ -36,7 +36,8 @@ def read_index_png(path: str | Path) -> np.ndarray:
                 raise CvtoolError(f"{image.mode} image where a class-index mask is expected", where=str(path),
                                   fix="save one class index per pixel (palette 'P' or 8-bit 'L' PNG); convert "
                                       "colour masks by mapping each palette colour to its index")
-            return np.asarray(image)
+            indices = np.asarray(image)
+            return indices.astype(np.uint8) if image.mode == "1" else indices
     except FileNotFoundError:
         raise CvtoolError("mask file not found", where=str(path), fix="every listed image needs its mask") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
