@@ -33,9 +33,10 @@ def segmentation_metrics(confusion: np.ndarray) -> dict:
     total = gt_pixels.sum()
     iou = [ratio(t, u) for t, u in zip(tp, union)]
     acc = [ratio(t, g) for t, g in zip(tp, gt_pixels)]
-    fw = [g / total * i for g, i in zip(gt_pixels, iou) if i is not None and g > 0] if total else []
+    present = gt_pixels > 0  # only classes present in the ground truth have a weight (and a defined IoU)
+    fw_iou = float((gt_pixels[present] / total * (tp[present] / union[present])).sum()) if total else None
     return {"mIoU": mean_defined(iou), "pixel_acc": ratio(tp.sum(), total), "mean_class_acc": mean_defined(acc),
-            "fwIoU": float(sum(fw)) if total else None, "per_class_iou": iou, "per_class_acc": acc,
+            "fwIoU": fw_iou, "per_class_iou": iou, "per_class_acc": acc,
             "num_pixels": int(total)}
 
 

@@ -105,7 +105,8 @@ def average_precision(tp: np.ndarray, fp: np.ndarray, npos: int) -> tuple[float,
     best_after = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
     # 11-point: max precision at recall >= k/10, tested exactly in integers (10 * tp >= k * npos)
     first = np.searchsorted(10 * tp_cum, np.arange(11) * npos, side="left")
-    ap07 = float(sum(best_after[i] if i < len(best_after) else 0.0 for i in first) / 11.0)
+    # summed, then divided (the devkit's running sum of p / 11 gives 1.0000000000000002 for a perfect detector)
+    ap07 = sum(float(best_after[i]) if i < len(best_after) else 0.0 for i in first) / 11.0
     # area under the monotone precision envelope, summed where recall changes
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.maximum.accumulate(np.concatenate(([0.0], precision, [0.0]))[::-1])[::-1]
