@@ -77,6 +77,7 @@ def test_voc_results_directory_gives_the_metrics_of_the_detections_it_holds(devk
     assert read_json(out) == metrics == read_json(only_run_dir(tmp_path / "runs" / "detection" / "eval") /
                                                   "metrics.json")
     assert set(metrics) == {"voc07", "voc10"} and 0 < metrics["voc10"]["mAP"] < 1
+    assert (only_run_dir(tmp_path / "runs" / "detection" / "eval") / "plots" / "pr_curves.png").stat().st_size > 5000
     assert set(metrics["voc07"]["per_class_AP"]) == set(CLASSES)
 
 

@@ -55,6 +55,10 @@ def report(evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
 
         plot_confusion(evaluation.confusion, evaluation.class_names, run_dir / "plots" / "confusion_matrix.png",
                        title=evaluation.source)
+    if evaluation.curves and run_dir is not None:
+        from cvtool.viz.curves import plot_pr_curves
+
+        plot_pr_curves(evaluation.curves, run_dir / "plots" / "pr_curves.png", title=evaluation.source)
     log.info("protocol: %s", evaluation.protocol)
     show(metrics_table(evaluation.metrics, evaluation.class_names, title=evaluation.source))
     log.info("metrics written to %s", " and ".join(map(str, targets)))

@@ -26,4 +26,4 @@ def evaluate_model(cfg: DictConfig) -> Evaluation:
     evaluator = task.build_evaluator(len(class_names))
     metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False), evaluator, hardware)
     return Evaluation(metrics, class_names, evaluator.protocol(), str(dataset.source),
-                      getattr(evaluator, "confusion", None))
+                      getattr(evaluator, "confusion", None), getattr(evaluator, "curves", None))

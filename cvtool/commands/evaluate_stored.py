@@ -27,7 +27,8 @@ class Evaluation:
     class_names: list[str]
     protocol: str
     source: str
-    confusion: np.ndarray | None = field(default=None, repr=False)
+    confusion: np.ndarray | None = field(default=None, repr=False)  # -> plots/confusion_matrix.png
+    curves: dict | None = field(default=None, repr=False)  # class -> (recall, precision): plots/pr_curves.png
 
 
 def evaluate_stored(cfg: DictConfig) -> Evaluation:
@@ -92,7 +93,7 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
         image, scores, boxes = read_result_file(path, index)
         evaluator.add(Boxes.make(image, class_names.index(name), boxes, scores=scores))
     return Evaluation(evaluator.evaluate(), class_names, evaluator.protocol(),
-                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)")
+                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)", curves=evaluator.curves)
 
 
 def coco_detection(cfg: DictConfig) -> Evaluation:
@@ -107,7 +108,7 @@ def coco_detection(cfg: DictConfig) -> Evaluation:
     evaluator = CocoEvaluator(coco_api(gt_data, cfg.backend), [c["id"] for c in categories], iou_types, cfg.backend)
     evaluator.results = results
     return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
-                      str(cfg.predictions))
+                      str(cfg.predictions), curves=evaluator.curves)
 
 
 def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:

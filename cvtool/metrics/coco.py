@@ -87,8 +87,10 @@ def category_ap(precision: np.ndarray, k: int) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def coco_metrics(gt, results: list[dict], iou_types: list[str], backend: str = "pycocotools") -> dict:
-    """{iou_type: {AP, AP50, ..., ARl, per_category_AP}} with -1 (undefined) reported as null."""
+def coco_metrics(gt, results: list[dict], iou_types: list[str], backend: str = "pycocotools",
+                 curves: dict | None = None) -> dict:
+    """{iou_type: {AP, AP50, ..., ARl, per_category_AP}} with -1 (undefined) reported as null. `curves`, when
+    given, receives each category's precision at COCO's 101 recall points at IoU 0.5 (first iou type)."""
     _, evaluator_cls = _engine(backend)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics = {}
@@ -103,6 +105,10 @@ def coco_metrics(gt, results: list[dict], iou_types: list[str], backend: str = "
         precision = np.asarray(evaluator.eval["precision"])
         stats["per_category_AP"] = {names[c]: category_ap(precision, k)
                                     for k, c in enumerate(evaluator.params.catIds)}
+        if curves is not None and not curves:
+            recall = np.asarray(evaluator.params.recThrs)
+            curves.update({f"{names[c]} (IoU 0.5)": (recall, precision[0, :, k, 0, -1])
+                           for k, c in enumerate(evaluator.params.catIds) if precision[0, 0, k, 0, -1] > -1})
         metrics[iou_type] = stats
     return metrics
 
@@ -140,6 +146,7 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         self.results: list[dict] = []
+        self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # category -> (recall, precision), for plots
 
     def process(self, inputs: dict, outputs: list[dict]) -> None:
         for image_id, output in zip(inputs["image_id"], outputs, strict=True):
@@ -152,4 +159,4 @@ class CocoEvaluator:
 
     def evaluate(self) -> dict:
         results = [r for part in dist.all_gather_objects(self.results) for r in part]
-        return coco_metrics(self.gt, results, self.iou_types, self.backend)
+        return coco_metrics(self.gt, results, self.iou_types, self.backend, self.curves)

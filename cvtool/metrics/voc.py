@@ -115,8 +115,9 @@ def average_precision(tp: np.ndarray, fp: np.ndarray, npos: int) -> tuple[float,
     return ap07, ap10
 
 
-def voc_metrics(gt: Boxes, dets: Boxes, class_names: list[str]) -> dict:
-    """{"voc07": {"mAP", "per_class_AP"}, "voc10": {...}}; a class without non-difficult GT is null."""
+def voc_metrics(gt: Boxes, dets: Boxes, class_names: list[str], curves: dict | None = None) -> dict:
+    """{"voc07": {"mAP", "per_class_AP"}, "voc10": {...}}; a class without non-difficult GT is null.
+    `curves`, when given, receives each class's ranked (recall, precision) points."""
     per_class: dict[str, dict[str, float | None]] = {"voc07": {}, "voc10": {}}
     for label, name in enumerate(class_names):
         class_gt = gt.of_class(label)
@@ -126,6 +127,9 @@ def voc_metrics(gt: Boxes, dets: Boxes, class_names: list[str]) -> dict:
             continue
         tp, fp = match_class(class_gt, dets.of_class(label))
         per_class["voc07"][name], per_class["voc10"][name] = average_precision(tp, fp, npos)
+        if curves is not None:
+            tp_cum = np.cumsum(tp)
+            curves[name] = (tp_cum / npos, tp_cum / np.maximum(np.arange(1, len(tp) + 1), 1))
     return {key: {"mAP": mean_defined(list(values.values())), "per_class_AP": values}
             for key, values in per_class.items()}
 
@@ -149,6 +153,7 @@ class VOCEvaluator:
 
     def reset(self) -> None:
         self.parts: list[Boxes] = []
+        self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # class -> (recall, precision), for plots
 
     def process(self, inputs: dict, outputs: list[dict]) -> None:
         for image_id, output in zip(inputs["image_id"], outputs, strict=True):
@@ -171,4 +176,4 @@ class VOCEvaluator:
         return PROTOCOL
 
     def evaluate(self) -> dict:
-        return voc_metrics(self.gt, self.detections(), self.class_names)
+        return voc_metrics(self.gt, self.detections(), self.class_names, self.curves)

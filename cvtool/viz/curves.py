@@ -29,3 +29,28 @@ def plot_training_curves(records: list[dict], path: Path, metric: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_pr_curves(curves: dict, path: Path, title: str = "") -> Path:
+    """Precision-recall curves, one line per class: {name: (recall, precision)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    for name, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=name, linewidth=1.2)
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title or "precision-recall")
+    ax.grid(alpha=0.3)
+    if len(curves) <= 25:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
