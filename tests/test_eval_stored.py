@@ -222,6 +222,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(devkit, stored, tmp_path):
     shutil.copytree(stored["dir"] / "voc", results)
     circle = results / "comp4_det_val_circle.txt"
     circle.write_text("000001 0.5 1 2 3\n")
+    done = _cli("task=detection", *common(devkit, tmp_path), f"predictions={stored['dir'] / 'voc'}")
+    assert done.returncode == 0 and "protocol: VOC2007 11-point and VOC2010+ area AP, IoU ≥ 0.5 with +1 pixel " \
+                                    "convention, difficult ignored" in done.stdout
     done = _cli("task=detection", *common(devkit, tmp_path), f"predictions={results}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: 5 fields instead of 6 ({circle}:1)")

@@ -59,6 +59,5 @@ def report(evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
         from cvtool.viz.curves import plot_pr_curves
 
         plot_pr_curves(evaluation.curves, run_dir / "plots" / "pr_curves.png", title=evaluation.source)
-    log.info("protocol: %s", evaluation.protocol)
-    show(metrics_table(evaluation.metrics, evaluation.class_names, title=evaluation.source))
+    show(metrics_table(evaluation.metrics, evaluation.class_names, title=evaluation.source), evaluation.protocol)
     log.info("metrics written to %s", " and ".join(map(str, targets)))

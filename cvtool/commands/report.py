@@ -76,5 +76,9 @@ def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
     return classification_table(metrics, class_names, title)
 
 
-def show(table: Table) -> None:
-    Console().print(table)
+def show(table: Table, protocol: str | None = None) -> None:
+    """The table, after a one-line protocol banner (never wrapped, so it can be grepped from a log)."""
+    console = Console()
+    if protocol:
+        console.print(f"[bold]protocol:[/bold] {escape(protocol)}", soft_wrap=True)
+    console.print(table)
