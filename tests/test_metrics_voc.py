@@ -185,3 +185,11 @@ def test_evaluator_process_matches_voc_metrics():
     expected = voc_metrics(gt, Boxes.concat(manual), names)
     assert ev.evaluate() == expected
     assert expected["voc10"]["mAP"] > 0  # the case is not trivially empty
+
+
+def test_nested_metrics_flatten_to_dotted_keys_for_best_checkpoint_selection():
+    from cvtool.metrics.base import scalar_metrics
+
+    gt = Boxes.make(0, 0, [G], difficult=[False])
+    flat = scalar_metrics(voc_metrics(gt, Boxes.make(0, 0, [G], scores=[1.0]), ["a"]))
+    assert flat == {"voc07.mAP": 1.0, "voc10.mAP": 1.0}  # per-class breakdowns are left out

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cvtool.metrics.base import scalar_metrics
 from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_copy
 
@@ -130,11 +131,12 @@ class EvalHook(Hook):
             return
         metrics = run_inference(trainer.eval_model, trainer.task, self.loader, self.evaluator, trainer.hardware,
                                 description=f"val epoch {trainer.epoch}")
-        scalars = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-        trainer.logger.log({"epoch": trainer.epoch, "step": trainer.step, **scalars}, trainer.step)
+        scalars = scalar_metrics(metrics)  # nested metrics (VOC, COCO) under dotted keys: voc10.mAP, bbox.AP
+        trainer.logger.log({"epoch": trainer.epoch, "step": trainer.step,
+                            **{f"val/{k}": v for k, v in scalars.items()}}, trainer.step)
         self.last = metrics
-        trainer.val_metrics_this_epoch = {self.metric: metrics.get(self.metric)}
-        trainer.improved = self.record(metrics.get(self.metric), trainer.epoch)
+        trainer.val_metrics_this_epoch = {self.metric: scalars.get(self.metric)}
+        trainer.improved = self.record(scalars.get(self.metric), trainer.epoch)
 
     def record(self, value: float | None, epoch: int) -> bool:
         """Track the best value (higher is better); True when `value` improved on it."""

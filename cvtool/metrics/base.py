@@ -41,3 +41,15 @@ def mean_defined(values: list[float | None]) -> float | None:
     """Mean of the defined (non-None) values; None when there are none."""
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
+
+
+def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The defined numbers of a (nested) metrics dict under dotted keys ("top1", "voc10.mAP", "bbox.AP"),
+    leaving out per-class breakdowns: what training logs and selects best.pt on."""
+    scalars: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and not key.startswith("per_"):
+            scalars.update(scalar_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars[f"{prefix}{key}"] = value
+    return scalars
