@@ -33,7 +33,7 @@ def test_unknown_key_is_one_line_exit_2_without_traceback():
     result = cvtool("train", "trainer.epoch=3")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: unknown config key 'trainer.epoch' (override) — did you mean "
-                                     "'trainer.epochs' or 'trainer.plots'? (+trainer.epoch=VALUE would add it as a "
+                                     "'trainer.epochs' or 'trainer.ema'? (+trainer.epoch=VALUE would add it as a "
                                      "new key)")
     assert "Traceback" not in result.stderr
 

@@ -14,6 +14,7 @@ from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_write_text
 
 from .checkpoints import checkpoint_overrides
+from .evaluate_stored import Evaluation
 from .report import metrics_table, show
 
 log = logging.getLogger("cvtool.eval")
@@ -44,20 +45,26 @@ def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
     return evaluation.metrics
 
 
-def report(evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
-    """metrics.json (run dir and json=PATH), the confusion-matrix picture, the protocol banner and the table."""
+def report(evaluation: Evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
+    """metrics.json (run dir and json=PATH), the protocol banner and the table, then the pictures."""
     text = json.dumps(evaluation.metrics, indent=2)
     targets = [p for p in (run_dir and run_dir / "metrics.json", cfg.json and Path(cfg.json)) if p]
     for path in targets:
         atomic_write_text(path, text)
-    if evaluation.confusion is not None and run_dir is not None:
-        from cvtool.viz.confusion import plot_confusion
-
-        plot_confusion(evaluation.confusion, evaluation.class_names, run_dir / "plots" / "confusion_matrix.png",
-                       title=evaluation.source)
-    if evaluation.curves and run_dir is not None:
-        from cvtool.viz.curves import plot_pr_curves
-
-        plot_pr_curves(evaluation.curves, run_dir / "plots" / "pr_curves.png", title=evaluation.source)
     show(metrics_table(evaluation.metrics, evaluation.class_names, title=evaluation.source), evaluation.protocol)
     log.info("metrics written to %s", " and ".join(map(str, targets)))
+    if cfg.plots and run_dir is not None:
+        draw_plots(evaluation, run_dir / "plots")
+
+
+def draw_plots(evaluation: Evaluation, directory: Path) -> None:
+    """confusion_matrix.png (classification, segmentation), pr_curves.png (detection)."""
+    if evaluation.confusion is not None:
+        from cvtool.viz.confusion import plot_confusion
+
+        plot_confusion(evaluation.confusion, evaluation.class_names, directory / "confusion_matrix.png",
+                       title=evaluation.source)
+    if evaluation.curves:
+        from cvtool.viz.curves import plot_pr_curves
+
+        plot_pr_curves(evaluation.curves, directory / "pr_curves.png", title=evaluation.source)

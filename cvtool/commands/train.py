@@ -93,7 +93,7 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
               "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size()}
     if run_dir is not None:
         atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
-        if cfg.trainer.plots:
+        if cfg.plots:
             from cvtool.viz.curves import plot_training_curves
 
             plot_training_curves(read_records(run_dir / "metrics.jsonl"), run_dir / "plots" / "training_curves.png",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+MAX_POINTS = 400
+
 
 def plot_training_curves(records: list[dict], path: Path, metric: str) -> Path:
     import matplotlib
@@ -40,6 +44,9 @@ def plot_pr_curves(curves: dict, path: Path, title: str = "") -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 5.5))
     for name, (recall, precision) in curves.items():
+        if len(recall) > MAX_POINTS:  # a picture: thin long rankings (drawing 100k points costs seconds)
+            keep = np.unique(np.linspace(0, len(recall) - 1, MAX_POINTS).astype(int))
+            recall, precision = np.asarray(recall)[keep], np.asarray(precision)[keep]
         ax.plot(recall, precision, label=name, linewidth=1.2)
     ax.set_xlim(0, 1.0)
     ax.set_ylim(0, 1.02)
@@ -49,7 +56,7 @@ def plot_pr_curves(curves: dict, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     if len(curves) <= 25:
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
