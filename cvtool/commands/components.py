@@ -53,7 +53,7 @@ def setup(cfg: DictConfig) -> Hardware:
 
 
 def task_from(cfg: DictConfig):
-    return build_task(cfg.task.name, plain(cfg.task), plain(cfg.dataset))
+    return build_task(cfg.task.name, plain(cfg.task), plain(cfg.dataset), plain(cfg.model) if "model" in cfg else None)
 
 
 def transforms(cfg: DictConfig, which: str) -> torch.nn.Module | None:
@@ -76,15 +76,18 @@ def num_workers(cfg: DictConfig, dataset) -> int:
 def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torch.utils.data.DataLoader:
     """Training: resumable per-epoch-seeded shuffling (DistributedSampler); evaluation: unpadded shards."""
     if train:
-        sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-                                   seed=cfg.seed)
         batch_size = cfg.data.batch_size
+        groups = dataset.aspect_groups() if cfg.data.aspect_ratio_grouping and hasattr(dataset, "aspect_groups") \
+            else None
+        sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+                                   seed=cfg.seed, groups=groups, batch_size=batch_size)
     else:
         sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
         batch_size = cfg.data.eval_batch_size
     workers = num_workers(cfg, dataset)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=hardware.pin_memory,
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=getattr(dataset, "collate", None),
+        num_workers=workers, pin_memory=hardware.pin_memory,
         drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
         persistent_workers=False, prefetch_factor=4 if workers else None)
 
@@ -94,6 +97,8 @@ def limited(dataset, limit: int | None, seed: int):
     if not limit or limit >= len(dataset):
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+    if hasattr(dataset, "subset"):  # datasets that know their own ground truth (detection) subset themselves
+        return dataset.subset(sorted(order))
     subset = torch.utils.data.Subset(dataset, order)
     subset.classes, subset.source = dataset.classes, f"{dataset.source}, subset of {limit}"
     subset.in_memory_data = getattr(dataset, "in_memory_data", False)

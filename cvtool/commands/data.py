@@ -30,12 +30,17 @@ def synth(overrides: list[str]) -> str:
 
 
 def check(overrides: list[str]) -> dict:
-    """Decode every item of the training and evaluation splits; one line per bad file, exit 2 if any."""
+    """Read every annotation and decode every image of the training and evaluation splits; report every problem
+    (one line each), exit 2 if any."""
     cfg = runner.compose("data", overrides)
     task = C.task_from(cfg)
     console, bad, counts = Console(), [], {}
     for split in dict.fromkeys([cfg.dataset.train_split, cfg.dataset.split]):
-        dataset = task.open_split(split, None, skip_invalid=False, seed=cfg.seed)
+        problems: list[str] = []  # annotation problems (detection), all of them
+        dataset = task.open_split(split, None, skip_invalid=False, seed=cfg.seed, problems=problems)
+        for problem in problems:
+            bad.append(problem)
+            console.print(f"[red]bad[/red] {escape(problem)}")
         counts[split] = len(dataset)
         for index in range(len(dataset)):
             try:

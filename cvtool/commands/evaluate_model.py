@@ -23,7 +23,7 @@ def evaluate_model(cfg: DictConfig) -> Evaluation:
                               skip_invalid=cfg.data.skip_invalid, seed=cfg.seed, classes=class_names)
     check_compatible(state, task.name, dataset.classes)
     log.info("evaluating %s on %s", state["path"], dataset.source)
-    evaluator = task.build_evaluator(len(class_names))
+    evaluator = task.build_evaluator(dataset)
     metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False), evaluator, hardware)
     return Evaluation(metrics, class_names, evaluator.protocol(), str(dataset.source),
                       getattr(evaluator, "confusion", None), getattr(evaluator, "curves", None))

@@ -28,7 +28,8 @@ def restore(cfg: DictConfig, hardware: Hardware):
                           f"{cfg.dataset.name} has {cfg.dataset.channels}", where=state["path"],
                           fix="evaluate on data like the training data (same channels and classes)")
     # the model is built from the config it was trained with, whatever the current defaults are
-    trained_task = build_task(trained.task.name, C.plain(trained.task), C.plain(trained.dataset))
+    trained_task = build_task(trained.task.name, C.plain(trained.task), C.plain(trained.dataset),
+                              C.plain(trained.model))
     model = trained_task.build_model(C.plain(trained.model) | {"weights": None}, len(state["class_names"]))
     try:
         model.load_state_dict(model_weights(state))

@@ -39,7 +39,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     hardware = C.setup(cfg)
     task = C.task_from(cfg)
     common = {"skip_invalid": cfg.data.skip_invalid, "seed": cfg.seed}
-    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg, "train_transforms"), **common)
+    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg, "train_transforms"), **common, train=True)
     val_set = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"), **common,
                               classes=train_set.classes)
     train_set = C.limited(train_set, cfg.data.limit, cfg.seed)
@@ -57,8 +57,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     trainer = Trainer(model, task, optimizer, scheduler, train_loader, hardware=hardware, epochs=t.epochs,
                       grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, stop_after=t.stop_after,
                       logger=MetricsLogger(run_dir, t.tensorboard), checkpoint_meta=meta)
-    evaluation = EvalHook(C.loader(val_set, cfg, hardware, train=False), task.build_evaluator(len(train_set.classes)),
-                          metric=cfg.task.metric, every=t.val_every)
+    evaluation = EvalHook(C.loader(val_set, cfg, hardware, train=False), task.build_evaluator(val_set),
+                          metric=task.metric, every=t.val_every)
     trainer.register_hooks(lr=LRSchedulerHook())
     if t.ema.enabled:
         trainer.register_hooks(ema=EMAHook(model, t.ema.decay))
@@ -87,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
         trainer.fit()
     finally:
         trainer.logger.close()
-    result = {"task": cfg.task.name, "model": cfg.model.name, "metric": cfg.task.metric,
+    result = {"task": cfg.task.name, "model": cfg.model.name, "metric": evaluation.metric,
               "best": evaluation.best, "best_epoch": evaluation.best_epoch, "epochs": trainer.epoch,
               "steps": trainer.step, "train_time_s": time.perf_counter() - started,
               "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size()}
@@ -97,8 +97,9 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
             from cvtool.viz.curves import plot_training_curves
 
             plot_training_curves(read_records(run_dir / "metrics.jsonl"), run_dir / "plots" / "training_curves.png",
-                                 metric=f"val/{cfg.task.metric}")
-        log.info("best %s=%.4f (epoch %s); run dir: %s", cfg.task.metric, evaluation.best or float("nan"),
+                                 metric=f"val/{evaluation.metric}")
+        log.info("best %s=%.4f (epoch %s); run dir: %s", evaluation.metric,
+                 float("nan") if evaluation.best is None else evaluation.best,
                  evaluation.best_epoch, run_dir)
     dist.shutdown()
     return result

@@ -118,7 +118,7 @@ def read_classification_predictions(predictions: str | Path,
 
 
 def write_classification_predictions(directory: Path, files: list[str], logits: np.ndarray,
-                                     targets: np.ndarray | None, class_names: list[str]) -> None:
+                                     targets: np.ndarray | None, class_names: list[str]) -> list[Path]:
     """predictions.csv (index, file, [target], pred, class, score, logit_*), logits.npy and targets.npy: the
     formats `cvtool eval predictions=...` reads back."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -134,5 +134,8 @@ def write_classification_predictions(directory: Path, files: list[str], logits: 
                          class_names[pred[i]], repr(float(probs[i, pred[i]])), *map(repr, logits[i].tolist())])
     atomic_write_text(directory / "predictions.csv", text.getvalue())
     atomic_write(directory / "logits.npy", lambda f: np.save(f, logits))
+    written = [directory / "predictions.csv", directory / "logits.npy"]
     if targets is not None:
         atomic_write(directory / "targets.npy", lambda f: np.save(f, np.asarray(targets, dtype=np.int64)))
+        written.append(directory / "targets.npy")
+    return written

@@ -102,20 +102,44 @@ def parse_annotation(path: Path, class_index: dict[str, int]) -> tuple[list[tupl
     return objects, wh
 
 
-def load_voc_objects(root: str | Path, split: str, class_names: list[str]) -> VOCObjects:
-    """Every object of every image listed in ImageSets/Main/<split>.txt."""
+@dataclass
+class VOCImage:
+    """One annotated image: id, objects (class index, 1-based inclusive box, difficult), (width, height)."""
+
+    image_id: str
+    labels: np.ndarray
+    boxes: np.ndarray
+    difficult: np.ndarray
+    size: tuple[int, int] | None
+
+
+def read_voc_split(root: str | Path, split: str, class_names: list[str],
+                   problems: list[str] | None = None) -> list[VOCImage]:
+    """Every image listed in ImageSets/Main/<split>.txt with its objects. With a `problems` list, a bad annotation
+    file is reported there (and its image left out) instead of raising: `cvtool data check` lists them all."""
     root = check_devkit_root(root, "Annotations")
-    image_ids = read_split(root, "Main", split)
     class_index = {name: i for i, name in enumerate(class_names)}
-    image, label, box, difficult, sizes = [], [], [], [], {}
-    for i, image_id in enumerate(image_ids):
-        objects, wh = parse_annotation(root / "Annotations" / f"{image_id}.xml", class_index)
-        if wh:
-            sizes[image_id] = wh
-        for cls, xyxy, diff in objects:
-            image.append(i)
-            label.append(cls)
-            box.append(xyxy)
-            difficult.append(diff)
-    return VOCObjects(image_ids, np.array(image, dtype=np.int64), np.array(label, dtype=np.int64),
-                      np.array(box, dtype=np.float64).reshape(-1, 4), np.array(difficult, dtype=bool), sizes)
+    images = []
+    for image_id in read_split(root, "Main", split):
+        try:
+            objects, size = parse_annotation(root / "Annotations" / f"{image_id}.xml", class_index)
+        except CvtoolError as err:
+            if problems is None:
+                raise
+            problems.append(err.line())
+            continue
+        labels, boxes, difficult = zip(*objects) if objects else ((), (), ())
+        images.append(VOCImage(image_id, np.array(labels, dtype=np.int64),
+                               np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(difficult, dtype=bool),
+                               size))
+    return images
+
+
+def load_voc_objects(root: str | Path, split: str, class_names: list[str]) -> VOCObjects:
+    """Every object of every image listed in ImageSets/Main/<split>.txt, as flat arrays."""
+    images = read_voc_split(root, split, class_names)
+    return VOCObjects([im.image_id for im in images],
+                      np.concatenate([np.full(len(im.labels), i, dtype=np.int64) for i, im in enumerate(images)]),
+                      np.concatenate([im.labels for im in images]), np.concatenate([im.boxes for im in images]),
+                      np.concatenate([im.difficult for im in images]),
+                      {im.image_id: im.size for im in images if im.size})

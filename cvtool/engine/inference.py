@@ -20,16 +20,20 @@ def autocast(hardware: Hardware):
 
 
 class OutputCollector:
-    """An "evaluator" that keeps the model outputs (on the CPU, float32): `cvtool predict` over a loader."""
+    """An "evaluator" that keeps the model outputs on the CPU (`cvtool predict` over a loader): a batch tensor
+    (classification logits, concatenated) or per-image dicts (detection, listed)."""
 
     def reset(self) -> None:
-        self.outputs: list[torch.Tensor] = []
+        self.outputs: list = []
 
-    def process(self, inputs, outputs: torch.Tensor) -> None:
-        self.outputs.append(outputs.detach().float().cpu())
+    def process(self, inputs, outputs) -> None:
+        if torch.is_tensor(outputs):
+            self.outputs.append(outputs.detach().float().cpu())
+        else:
+            self.outputs.extend({k: v.detach().cpu() for k, v in o.items()} for o in outputs)
 
-    def evaluate(self) -> torch.Tensor:
-        return torch.cat(self.outputs)
+    def evaluate(self):
+        return torch.cat(self.outputs) if self.outputs and torch.is_tensor(self.outputs[0]) else self.outputs
 
 
 @torch.inference_mode()

@@ -9,7 +9,9 @@ from cvtool.models import (  # noqa: F401  (imported for registration)
     se_resnet,
     small_cnn,
     torchvision_classifiers,
+    torchvision_detectors,
     xception,
+    yolo,
 )
 from cvtool.models.registry import (
     ModelInfo,

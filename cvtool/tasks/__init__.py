@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from cvtool.errors import CvtoolError
 
-AVAILABLE = ("classification",)
-PLANNED = ("detection", "segmentation")
+AVAILABLE = ("classification", "detection")
+PLANNED = ("segmentation",)
 
 
-def build_task(name: str, task_cfg: dict, dataset_cfg: dict):
+def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
     """The adapter for task `name` (imported lazily so a command only loads the task it runs)."""
     if name == "classification":
         from .classification import ClassificationTask
 
-        return ClassificationTask(task_cfg, dataset_cfg)
+        return ClassificationTask(task_cfg, dataset_cfg, model_cfg)
+    if name == "detection":
+        from .detection import DetectionTask
+
+        return DetectionTask(task_cfg, dataset_cfg, model_cfg)
     if name in PLANNED:
         raise CvtoolError(f"task '{name}' is not available yet in this version", where=f"task={name}",
                           fix=f"available tasks: {', '.join(AVAILABLE)}")

@@ -6,21 +6,29 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from cvtool.data.classification_sets import ClassificationSet, open_classification_set
+from cvtool.data.image_files import ImageFiles
+from cvtool.data.logits_files import write_classification_predictions
 from cvtool.data.roots import prepared_root
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
 from cvtool.metrics.classification import ClassificationEvaluator
 from cvtool.models import create_model
+from cvtool.viz.draw import labelled
 
 
 class ClassificationTask:
     name = "classification"
 
-    def __init__(self, task_cfg: dict, dataset_cfg: dict):
+    def __init__(self, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
         self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
         self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def metric(self) -> str:
+        return self.cfg["metric"]
 
     # --- building ------------------------------------------------------------------------------------------
     def dataset_root(self) -> Path | None:
@@ -28,7 +36,8 @@ class ClassificationTask:
         return prepared_root(self.dataset_cfg)
 
     def open_split(self, split: str, transform, *, skip_invalid: bool, seed: int,
-                   classes: list[str] | None = None) -> ClassificationSet:
+                   classes: list[str] | None = None, train: bool = False,
+                   problems: list[str] | None = None) -> ClassificationSet:
         ds = self.dataset_cfg
         dataset = open_classification_set(ds["kind"], self.dataset_root(), split, transform=transform,
                                           skip_invalid=skip_invalid, download=ds["download"],
@@ -44,8 +53,41 @@ class ClassificationTask:
         return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],
                             weights=model_cfg.get("weights"), input_size=self.dataset_cfg["image_size"], **kwargs)
 
-    def build_evaluator(self, num_classes: int) -> ClassificationEvaluator:
-        return ClassificationEvaluator(num_classes, topk=self.cfg["topk"])
+    def build_evaluator(self, dataset) -> ClassificationEvaluator:
+        return ClassificationEvaluator(len(dataset.classes), topk=self.cfg["topk"])
+
+    # --- predict ---------------------------------------------------------------------------------------------
+    def open_source(self, files: list[Path], transform, class_names: list[str], source: Path) -> ImageFiles:
+        """Plain image files resized to the training size; targets when they sit in <source>/<class>/ folders."""
+        size = self.dataset_cfg["image_size"]
+        images = ImageFiles(files, self.dataset_cfg["channels"],
+                            v2.Compose([*([transform] if transform else []), v2.Resize((size, size))]))
+        parents = [f.parent.name for f in files]
+        in_class_dirs = source.is_dir() and all(f.parent.parent == source for f in files)
+        images.targets = ([class_names.index(p) for p in parents] if in_class_dirs and set(parents) <= set(class_names)
+                          else None)
+        images.classes = class_names
+        return images
+
+    def write_results(self, directory: Path, dataset, logits: torch.Tensor, split: str) -> list[Path]:
+        """predictions.csv, logits.npy and (targets known) targets.npy: what `eval predictions=` reads."""
+        names = [str(f) for f in dataset.files] if dataset.files else [f"{split}#{i}" for i in range(len(dataset))]
+        targets = getattr(dataset, "targets", None)
+        return write_classification_predictions(directory, names, logits.numpy(), targets, dataset.classes)
+
+    def draw_overlays(self, directory: Path, dataset, logits: torch.Tensor, limit: int | None) -> int:
+        """The first `limit` images (files only) labelled with the predicted class and its probability."""
+        directory.mkdir(parents=True, exist_ok=True)
+        score, label = logits.softmax(dim=1).max(dim=1)
+        drawn = 0
+        for index, name in enumerate(dataset.files or []):
+            if limit is not None and drawn >= limit:
+                break
+            path = Path(name)
+            labelled(path, f"{dataset.classes[label[index]]} {score[index]:.2f}").save(
+                directory / f"{index:05d}_{path.stem}.png")
+            drawn += 1
+        return drawn
 
     # --- steps ---------------------------------------------------------------------------------------------
     def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

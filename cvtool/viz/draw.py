@@ -18,3 +18,23 @@ def labelled(path: str | Path, text: str, min_side: int = 256) -> Image.Image:
     draw.rectangle((0, 0, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
     draw.text((4, 4), text, fill=(255, 255, 255))
     return image
+
+
+def boxes_overlay(image, boxes, labels: list[str], masks=None, min_side: int = 256) -> Image.Image:
+    """A uint8 C×H×W image tensor with its boxes, "class score" labels and (optional) instance masks drawn,
+    upscaled to at least `min_side` px so small images stay legible."""
+    import torch
+    from torchvision.transforms.v2.functional import resize, to_pil_image
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    scale = max(1.0, min_side / min(image.shape[-2:]))
+    if scale > 1:
+        size = [round(image.shape[-2] * scale), round(image.shape[-1] * scale)]
+        image = resize(image, size, antialias=False)
+        boxes = boxes * scale
+        if masks is not None:
+            masks = resize(masks, size, antialias=False)
+    if masks is not None and len(masks):
+        image = draw_segmentation_masks(image, masks.bool(), alpha=0.45)
+    image = draw_bounding_boxes(image, torch.as_tensor(boxes).reshape(-1, 4), labels, colors="yellow", width=2)
+    return to_pil_image(image)

@@ -1,0 +1,144 @@
+"""torchvision's detectors, registered from one table: the R-CNN family, RetinaNet, FCOS, SSD300 and SSDlite.
+
+Every builder takes the class count WITHOUT background; the background class some heads need is added here and
+recorded as `model.label_offset` (the task adapter shifts labels by it). Sizes, anchors, sampling and
+thresholds are config values passed straight to torchvision (its own keyword names).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
+from torchvision.models import detection
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from cvtool.errors import CvtoolError
+from cvtool.models.registry import register_model
+from cvtool.models.weights import ensure_cached, is_weights_file, load_weights_file, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detector:
+    builder: object  # torchvision builder function
+    family: str  # rcnn | mask_rcnn | retinanet | fcos | ssd
+    backbone: str  # torchvision name of the backbone classifier (its weights enum)
+    min_size: int
+    description: str
+    anchor_levels: int = 5  # FPN levels (anchor sizes per level); 3 for the MobileNet FPN (all sizes on each)
+
+
+DETECTORS = {
+    "faster_rcnn": Detector(detection.fasterrcnn_resnet50_fpn, "rcnn", "resnet50", 64,
+                            "Faster R-CNN, ResNet-50-FPN (Ren et al. 2015; Lin et al. 2017)"),
+    "faster_rcnn_v2": Detector(detection.fasterrcnn_resnet50_fpn_v2, "rcnn", "resnet50", 64,
+                               "Faster R-CNN v2, ResNet-50-FPN with improved heads (Li et al. 2021)"),
+    "faster_rcnn_mobilenet": Detector(detection.fasterrcnn_mobilenet_v3_large_fpn, "rcnn", "mobilenet_v3_large", 64,
+                                      "Faster R-CNN, MobileNet-v3-Large FPN (high resolution)", anchor_levels=3),
+    "faster_rcnn_mobilenet_320": Detector(detection.fasterrcnn_mobilenet_v3_large_320_fpn, "rcnn",
+                                          "mobilenet_v3_large", 64,
+                                          "Faster R-CNN, MobileNet-v3-Large FPN at 320 px (mobile)", anchor_levels=3),
+    "mask_rcnn": Detector(detection.maskrcnn_resnet50_fpn, "mask_rcnn", "resnet50", 64,
+                          "Mask R-CNN, ResNet-50-FPN (He et al. 2017): boxes + instance masks"),
+    "retinanet": Detector(detection.retinanet_resnet50_fpn, "retinanet", "resnet50", 64,
+                          "RetinaNet, ResNet-50-FPN, focal loss (Lin et al. 2017)"),
+    "fcos": Detector(detection.fcos_resnet50_fpn, "fcos", "resnet50", 64,
+                     "FCOS, ResNet-50-FPN, anchor-free (Tian et al. 2019)"),
+    "ssd300": Detector(detection.ssd300_vgg16, "ssd", "vgg16", 300, "SSD300, VGG-16 (Liu et al. 2016)"),
+    "ssdlite": Detector(detection.ssdlite320_mobilenet_v3_large, "ssd", "mobilenet_v3_large", 64,
+                        "SSDlite, MobileNet-v3-Large (Sandler et al. 2018)"),
+}
+LABEL_OFFSET = {"rcnn": 1, "mask_rcnn": 1, "ssd": 1, "retinanet": 0, "fcos": 0}  # background at index 0?
+
+
+def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> dict:
+    """torchvision anchor-generator keyword for `sizes` (one per FPN level; RetinaNet adds 2 octave scales)."""
+    if sizes is None or spec.family in ("fcos", "ssd"):
+        return {}
+    if spec.family == "retinanet":
+        per_level = tuple((s, round(s * 2 ** (1 / 3)), round(s * 2 ** (2 / 3))) for s in sizes)
+        return {"anchor_generator": AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))}
+    per_level = (tuple(sizes),) * spec.anchor_levels if spec.anchor_levels != len(sizes) else tuple((s,) for s in sizes)
+    return {"rpn_anchor_generator": AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))}
+
+
+def _pretrained(name: str, weights: str | None):
+    """A torchvision weights enum (downloaded into the hub cache if needed; no network -> a clear error)."""
+    if weights is None:
+        return None
+    resolved = resolve_weights(name, weights)
+    ensure_cached(resolved)
+    return resolved
+
+
+def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float) -> None:
+    """SSD's fixed input size and default-box scales (same aspect ratios, so the heads keep their shapes)."""
+    old = model.anchor_generator
+    model.anchor_generator = DefaultBoxGenerator(old.aspect_ratios, min_ratio=min_ratio, max_ratio=max_ratio,
+                                                 steps=None, clip=old.clip)
+    t = model.transform
+    model.transform = GeneralizedRCNNTransform(size, size, t.image_mean, t.image_std, size_divisible=1,
+                                               fixed_size=(size, size))
+
+
+def _replace_heads(model: nn.Module, spec: Detector, num_classes: int) -> None:
+    """COCO-pretrained R-CNN heads -> `num_classes` (+ background) outputs, for fine-tuning."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    if spec.family not in ("rcnn", "mask_rcnn"):
+        raise CvtoolError(f"fine-tuning COCO weights to {num_classes} classes is supported for the R-CNN family",
+                          where="model.weights", fix="use model.weights_backbone=... (ImageNet) for this model")
+    box = model.roi_heads.box_predictor
+    model.roi_heads.box_predictor = FastRCNNPredictor(box.cls_score.in_features, num_classes + 1)
+    if spec.family == "mask_rcnn":
+        mask = model.roi_heads.mask_predictor
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(mask.conv5_mask.in_channels, 256, num_classes + 1)
+
+
+def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int = 3, weights: str | None = None,
+                   *, weights_backbone: str | None = None, anchor_sizes: list[int] | None = None,
+                   aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), size: int | None = None,
+                   min_ratio: float = 0.15, max_ratio: float = 0.9, bn_momentum: float | None = None,
+                   **kwargs) -> nn.Module:
+    if in_channels != 3:
+        raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
+                          fix="use an RGB dataset")
+    offset = LABEL_OFFSET[spec.family]
+    backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
+    args = {"weights_backbone": None if backbone_file else _pretrained(spec.backbone, weights_backbone),
+            **_anchors(spec, anchor_sizes, list(aspect_ratios)), **kwargs}
+    try:
+        if weights is not None:
+            model = spec.builder(weights=_pretrained(name_of(spec), weights), **args)
+            _replace_heads(model, spec, num_classes)
+        else:
+            model = spec.builder(weights=None, num_classes=num_classes + offset, **args)
+    except TypeError as err:
+        raise CvtoolError(f"bad option for {name}: {err}", where="model",
+                          fix="see conf/model/<name>.yaml for its options (torchvision's keyword names)") from err
+    if backbone_file:
+        load_weights_file(model.backbone, backbone_file)
+    if spec.family == "ssd" and size is not None:
+        _resize_ssd(model, size, min_ratio, max_ratio)
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = bn_momentum
+    model.label_offset = offset
+    return model
+
+
+def name_of(spec: Detector) -> str:
+    """torchvision's registered name of a detector builder (its weights enum is looked up by it)."""
+    return spec.builder.__name__
+
+
+for _name, _spec in DETECTORS.items():
+    register_model(_name, task="detection", min_size=_spec.min_size, description=_spec.description)(
+        partial(build_detector, _spec, _name))

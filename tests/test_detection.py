@@ -1,0 +1,134 @@
+"""Detection: readers, every model's train/predict steps, the CLI round trip, bad annotations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import only_run_dir
+
+from cvtool.commands import components as C
+from cvtool.commands import data, evaluate, predict, train
+from cvtool.config import runner
+from cvtool.data.detection_sets import open_detection_set
+from cvtool.data.shapes import SHAPE_CLASSES, generate_devkit
+from cvtool.engine.hardware import Hardware
+from cvtool.errors import CvtoolError
+from cvtool.metrics.coco import model_results
+from cvtool.models import list_models
+
+CLASSES = list(SHAPE_CLASSES)
+CPU = Hardware(torch.device("cpu"), None, False, False, False, False, False)
+SMALL = {"num_train": 8, "num_val": 4, "image_size": 128, "min_objects": 1, "max_objects": 4, "min_size": 12,
+         "max_size": 48, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def devkit(tmp_path_factory) -> Path:
+    return generate_devkit(tmp_path_factory.mktemp("det") / "devkit", **SMALL)
+
+
+def small(devkit: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["task=detection", f"dataset.root={devkit}", "dataset.synth=null", f"paths.runs={tmp_path / 'runs'}",
+            "hardware=cpu", "data.batch_size=4", "trainer.epochs=1", "trainer.tensorboard=false", "plots=false",
+            *extra]
+
+
+def test_voc_and_coco_readers_return_the_objects_the_generator_wrote(devkit):
+    voc = open_detection_set("voc", root=devkit, split="val", classes=CLASSES, train=False)
+    coco = open_detection_set("coco", root=None, split="val", classes=None, train=False,
+                              ann_file=str(devkit / "annotations" / "instances_val.json"), image_dir=str(devkit))
+    assert coco.classes == CLASSES and [str(i.image_id).zfill(6) for i in coco.items] == [i.image_id for i in voc.items]
+    for a, b in zip(voc.items, coco.items):  # VOC 1-based inclusive pixels == COCO [x, y, w, h], both read to xyxy
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.labels, b.labels)  # COCO ids 1, 3, 5, 7, 9 -> labels 0..4
+    image, target = voc[0]
+    assert image.shape == (3, 128, 128) and target["boxes"].shape == (len(voc.items[0].labels), 4)
+    assert target["image_id"] == voc.items[0].image_id
+
+
+def test_coco_results_map_labels_back_to_the_files_category_ids():
+    out = {"boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]]), "scores": torch.tensor([0.9, 0.4]),
+           "labels": torch.tensor([0, 2])}
+    results = model_results(7, out, [1, 3, 5, 7, 9])
+    assert [r["category_id"] for r in results] == [1, 5] and results[0]["bbox"] == [1.0, 2.0, 10.0, 20.0]
+
+
+@pytest.mark.parametrize("name", list_models(task="detection"))
+def test_every_detector_trains_two_steps_and_predicts(name, devkit):
+    """Each model with its own conf/model YAML on the shapes data (masks from the COCO JSON for Mask R-CNN)."""
+    overrides = ["task=detection", f"model={name}", f"dataset.root={devkit}", "dataset.synth=null"]
+    cfg = runner.compose("train", [*overrides, *(["dataset=shapes_coco"] if name == "mask_rcnn" else []),
+                                   *(["model.width=8"] if name == "yolo" else [])])
+    task = C.task_from(cfg)
+    dataset = task.open_split("val", None, skip_invalid=False, seed=0, train=True)
+    model = task.build_model(C.plain(cfg.model), len(CLASSES))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = task.preprocess(dataset.collate([dataset[0], dataset[1]]), CPU)
+    model.train()
+    for _ in range(2):
+        loss = task.training_step(model, batch)["loss"]
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        outputs = task.inference_step(model, batch)
+    assert len(outputs) == 2 and all(o["boxes"].shape[-1] == 4 for o in outputs)
+    assert all(((o["labels"] >= 0) & (o["labels"] < len(CLASSES))).all() for o in outputs)
+    evaluator = task.build_evaluator(task.open_split("val", None, skip_invalid=False, seed=0))
+    evaluator.process(batch, outputs)
+    metrics = evaluator.evaluate()
+    assert set(metrics) == ({"bbox", "segm"} if name == "mask_rcnn" else {"voc07", "voc10"})
+
+
+def test_train_eval_predict_round_trip_on_the_cli_entry_points(devkit, tmp_path):
+    result, = train.main(small(devkit, tmp_path, "model=yolo", "model.width=8", "trainer.epochs=2"))
+    run = only_run_dir(tmp_path / "runs" / "detection" / "train")
+    assert result["metric"] == "voc10.mAP" and result["final"]["voc10"]["mAP"] is not None
+    ckpt = run / "checkpoints" / "best.pt"
+    common = [f"ckpt={ckpt}", f"paths.runs={tmp_path / 'runs'}", "hardware=cpu", "plots=false"]
+    direct, = evaluate.main(common)
+    predict.main([*common, "overlays=2"])
+    out = only_run_dir(tmp_path / "runs" / "detection" / "predict")
+    assert sorted(p.name for p in (out / "results").iterdir()) == sorted(f"comp4_det_val_{c}.txt" for c in CLASSES)
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    stored, = evaluate.main(["task=detection", f"dataset.root={devkit}", "dataset.synth=null",
+                             f"predictions={out / 'results'}", f"paths.runs={tmp_path / 'runs'}", "plots=false"])
+    assert stored == direct
+
+
+def _break(devkit: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "broken"
+    shutil.copytree(devkit, root)
+    ids = (root / "ImageSets" / "Main" / "train.txt").read_text().split()
+    xml = [root / "Annotations" / f"{i}.xml" for i in ids]
+    xml[0].write_text(xml[0].read_text().replace("<name>", "<name>hexagon", 1))
+    text = xml[1].read_text()
+    start = text.index("<xmax>") + len("<xmax>")
+    xml[1].write_text(text[:start] + "999" + text[text.index("</xmax>"):])
+    xml[2].write_text("<annotation><object>")
+    (root / "JPEGImages" / f"{ids[3]}.jpg").unlink()
+    return root
+
+
+def test_bad_annotations_are_all_listed_and_refused_or_skipped(devkit, tmp_path):
+    root = _break(devkit, tmp_path)
+    with pytest.raises(CvtoolError, match="4 invalid item") as err:
+        data.check(["task=detection", f"dataset.root={root}", "dataset.synth=null"])
+    assert "fix or delete" in err.value.line()
+    with pytest.raises(CvtoolError, match=r"invalid annotation: .*hexagon.* \(and 3 more\)"):
+        train.main(small(root, tmp_path, "model=yolo", "model.width=8"))
+    result, = train.main(small(root, tmp_path, "model=yolo", "model.width=8", "data.skip_invalid=true"))
+    assert result["epochs"] == 1
+
+
+def test_coco_shapes_train_reports_the_coco_numbers(devkit, tmp_path):
+    result, = train.main(small(devkit, tmp_path, "dataset=shapes_coco", "model=yolo", "model.width=8"))
+    assert result["metric"] == "bbox.AP" and set(result["final"]) == {"bbox"}
+    assert json.loads((only_run_dir(tmp_path / "runs" / "detection" / "train") / "metrics.json").read_text())
