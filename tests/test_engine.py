@@ -170,3 +170,25 @@ def test_early_stop_after_patience_validations_without_improvement():
         stopper.after_epoch(trainer)
         assert trainer.should_stop == expected_stop
     assert (evaluation.best, evaluation.best_epoch) == (0.6, 1)
+
+
+def test_ema_decay_warms_up_then_holds_and_averages_buffers():
+    from torch.optim.swa_utils import AveragedModel
+
+    from cvtool.engine.hooks import warmed_up_ema
+
+    model = torch.nn.BatchNorm1d(1)
+    ema = AveragedModel(model, avg_fn=warmed_up_ema(0.9), use_buffers=True)
+    expected = 0.0  # the initial weight (the copy made by AveragedModel counts as update n = 0)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.update_parameters(model)  # n = 0: copied
+        for n, value in enumerate([1.0, 1.0, 1.0, 1.0], start=1):
+            model.weight.fill_(value)
+            model.running_mean.fill_(value)
+            ema.update_parameters(model)
+            decay = min(0.9, (1 + n) / (10 + n))  # 2/11, 3/12, 4/13, 5/14: far below 0.9 early on
+            expected = decay * expected + (1 - decay) * value
+    assert ema.module.weight.item() == pytest.approx(expected, abs=1e-6)
+    assert ema.module.running_mean.item() == pytest.approx(expected, abs=1e-6)  # buffers averaged too
+    assert ema.module.num_batches_tracked.item() == model.num_batches_tracked.item()

@@ -10,6 +10,13 @@ from cvtool.config import runner
 
 
 def main(command: str, overrides: list[str]) -> str:
-    text = OmegaConf.to_yaml(runner.compose(command, overrides))
+    """The config with interpolations resolved (as the command will see it); unresolved where a value is missing."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = runner.compose(command, overrides)
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException:  # e.g. an interpolation of a required (???) value
+        text = OmegaConf.to_yaml(cfg)
     Console().print(Syntax(text, "yaml", background_color="default"))
     return text

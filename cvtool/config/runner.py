@@ -23,6 +23,18 @@ CONFIG_NAME = "config"
 Job = Callable[[DictConfig, "Path | None"], Any]
 
 
+def _recipe(key: str, *, _root_: DictConfig) -> Any:
+    """`${recipe:KEY}`: KEY of the dataset's training recipe for the chosen model (dataset.recipe.<model name>),
+    else of its default row (dataset.recipe.default): detection runs sized per model and per dataset."""
+    rows = _root_.dataset.recipe
+    row = rows.get(_root_.model.name) if "model" in _root_ else None
+    return row[key] if row is not None and key in row else rows.default[key]
+
+
+if not OmegaConf.has_resolver("recipe"):
+    OmegaConf.register_new_resolver("recipe", _recipe)
+
+
 @dataclass
 class _Failure:
     """A job's exception carried past Hydra's run_job (which would print a line of its own)."""

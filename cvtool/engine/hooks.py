@@ -45,13 +45,24 @@ class LRSchedulerHook(Hook):
         trainer.scheduler.step()
 
 
+def warmed_up_ema(decay: float):
+    """EMA update with the decay warmed up as min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's and
+    timm's schedule): early averages forget the random initialisation quickly, so short runs profit too."""
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        return averaged.lerp(current, 1.0 - min(decay, (1.0 + n) / (10.0 + n))) if averaged.is_floating_point() \
+            else current
+    return average
+
+
 class EMAHook(Hook):
-    """Exponential moving average of the weights (torch.optim.swa_utils.AveragedModel); validation uses it."""
+    """Exponential moving average of the weights and buffers (torch.optim.swa_utils.AveragedModel with a warmed-up
+    decay); validation and best.pt use it."""
 
     def __init__(self, module: torch.nn.Module, decay: float):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        self.ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.ema = AveragedModel(module, avg_fn=warmed_up_ema(decay), use_buffers=True)
 
     def before_train(self, trainer: Trainer) -> None:
         trainer.eval_model = self.ema.module

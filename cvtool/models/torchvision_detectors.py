@@ -56,15 +56,18 @@ DETECTORS = {
 LABEL_OFFSET = {"rcnn": 1, "mask_rcnn": 1, "ssd": 1, "retinanet": 0, "fcos": 0}  # background at index 0?
 
 
-def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> dict:
-    """torchvision anchor-generator keyword for `sizes` (one per FPN level; RetinaNet adds 2 octave scales)."""
+def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> AnchorGenerator | None:
+    """The anchor generator for `sizes`: one size per FPN level (RetinaNet adds 2 octave scales per level), or all
+    sizes on each of the MobileNet FPN's 3 maps. None for anchor-free FCOS and SSD (default boxes)."""
     if sizes is None or spec.family in ("fcos", "ssd"):
-        return {}
+        return None
     if spec.family == "retinanet":
         per_level = tuple((s, round(s * 2 ** (1 / 3)), round(s * 2 ** (2 / 3))) for s in sizes)
-        return {"anchor_generator": AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))}
-    per_level = (tuple(sizes),) * spec.anchor_levels if spec.anchor_levels != len(sizes) else tuple((s,) for s in sizes)
-    return {"rpn_anchor_generator": AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))}
+    elif spec.anchor_levels != len(sizes):
+        per_level = (tuple(sizes),) * spec.anchor_levels
+    else:
+        per_level = tuple((s,) for s in sizes)
+    return AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))
 
 
 def _pretrained(name: str, weights: str | None):
@@ -111,8 +114,8 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                           fix="use an RGB dataset")
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
-    args = {"weights_backbone": None if backbone_file else _pretrained(spec.backbone, weights_backbone),
-            **_anchors(spec, anchor_sizes, list(aspect_ratios)), **kwargs}
+    anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
+    args = {"weights_backbone": None if backbone_file else _pretrained(spec.backbone, weights_backbone), **kwargs}
     try:
         if weights is not None:
             model = spec.builder(weights=_pretrained(name_of(spec), weights), **args)
@@ -122,6 +125,13 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
     except TypeError as err:
         raise CvtoolError(f"bad option for {name}: {err}", where="model",
                           fix="see conf/model/<name>.yaml for its options (torchvision's keyword names)") from err
+    if anchors is not None:  # the builders make their own generator; ours has the same anchors per location
+        owner = model if spec.family == "retinanet" else model.rpn
+        if anchors.num_anchors_per_location() != owner.anchor_generator.num_anchors_per_location():
+            raise CvtoolError(f"{name} needs {len(owner.anchor_generator.sizes)} anchor sizes x "
+                              f"{len(aspect_ratios)} aspect ratios", where="model.anchor_sizes",
+                              fix="give 5 sizes, e.g. [32, 64, 128, 256, 512], and 3 aspect ratios")
+        owner.anchor_generator = anchors
     if backbone_file:
         load_weights_file(model.backbone, backbone_file)
     if spec.family == "ssd" and size is not None:

@@ -36,5 +36,6 @@ def boxes_overlay(image, boxes, labels: list[str], masks=None, min_side: int = 2
             masks = resize(masks, size, antialias=False)
     if masks is not None and len(masks):
         image = draw_segmentation_masks(image, masks.bool(), alpha=0.45)
-    image = draw_bounding_boxes(image, torch.as_tensor(boxes).reshape(-1, 4), labels, colors="yellow", width=2)
+    if len(boxes):
+        image = draw_bounding_boxes(image, torch.as_tensor(boxes).reshape(-1, 4), labels, colors="yellow", width=2)
     return to_pil_image(image)
