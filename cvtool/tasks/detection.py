@@ -56,7 +56,7 @@ class DetectionTask:
             ds["kind"], root=root, split=split, classes=classes or ds.get("classes"),
             ann_file=ds.get("train_ann_file" if train_split else "ann_file"),
             image_dir=ds.get("train_image_dir" if train_split else "image_dir"), train=train,
-            with_masks=self.with_masks, skip_invalid=skip_invalid, problems=problems)
+            with_masks=self.with_masks and train, skip_invalid=skip_invalid, problems=problems)
         dataset.transform = with_sanitizing(transform) if train else transform
         if train:
             self.train_boxes = dataset
