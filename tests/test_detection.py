@@ -132,3 +132,13 @@ def test_coco_shapes_train_reports_the_coco_numbers(devkit, tmp_path):
     result, = train.main(small(devkit, tmp_path, "dataset=shapes_coco", "model=yolo", "model.width=8"))
     assert result["metric"] == "bbox.AP" and set(result["final"]) == {"bbox"}
     assert json.loads((only_run_dir(tmp_path / "runs" / "detection" / "train") / "metrics.json").read_text())
+
+
+def test_a_short_training_run_learns_to_detect(tmp_path_factory, tmp_path):
+    """The default detector (a narrow YOLO here) on 240 shapes images: from no detections to a real mAP."""
+    root = generate_devkit(tmp_path_factory.mktemp("learn") / "devkit", **{**SMALL, "num_train": 240, "num_val": 60})
+    common = small(root, tmp_path, "model.width=8", "data.batch_size=16", "optim.lr=3e-3")
+    untrained, = train.main([*common, "trainer.epochs=1", "optim.lr=1e-12", f"paths.runs={tmp_path / 'u'}"])
+    trained, = train.main([*common, "trainer.epochs=8"])
+    assert untrained["final"]["voc10"]["mAP"] < 0.02
+    assert trained["best"] > 0.12 and trained["best"] > untrained["final"]["voc10"]["mAP"] + 0.1  # 0.22 measured
