@@ -155,7 +155,7 @@ class CocoEvaluator:
     def protocol(self) -> str:
         return (f"COCO AP@[.50:.05:.95], AP50, AP75, AR@1/10/100, small/medium/large ({'+'.join(self.iou_types)}) "
                 f"by {self.backend} COCOeval over all {len(self.gt.getImgIds())} ground-truth images, crowd regions "
-                "ignored, segm areas from masks")
+                f"ignored{', segm areas from masks' if 'segm' in self.iou_types else ''}")
 
     def evaluate(self) -> dict:
         results = [r for part in dist.all_gather_objects(self.results) for r in part]
