@@ -142,3 +142,18 @@ def test_a_short_training_run_learns_to_detect(tmp_path_factory, tmp_path):
     trained, = train.main([*common, "trainer.epochs=8"])
     assert untrained["final"]["voc10"]["mAP"] < 0.02
     assert trained["best"] > 0.12 and trained["best"] > untrained["final"]["voc10"]["mAP"] + 0.1  # 0.22 measured
+
+
+def test_backbone_weights_from_a_local_classifier_file(tmp_path):
+    from torchvision.models import resnet50
+
+    from cvtool.models import create_model
+
+    torch.manual_seed(0)
+    classifier = resnet50()
+    torch.save(classifier.state_dict(), tmp_path / "r50.pt")
+    model = create_model("faster_rcnn", num_classes=5, weights_backbone=str(tmp_path / "r50.pt"), min_size=128,
+                         max_size=128)
+    assert torch.equal(model.backbone.body.layer1[0].conv1.weight, classifier.layer1[0].conv1.weight)
+    with pytest.raises(CvtoolError, match="no network|not found"):
+        create_model("faster_rcnn", num_classes=5, weights_backbone=str(tmp_path / "missing.pt"))

@@ -132,8 +132,8 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                               f"{len(aspect_ratios)} aspect ratios", where="model.anchor_sizes",
                               fix="give 5 sizes, e.g. [32, 64, 128, 256, 512], and 3 aspect ratios")
         owner.anchor_generator = anchors
-    if backbone_file:
-        load_weights_file(model.backbone, backbone_file)
+    if backbone_file:  # a classifier's state dict goes into the FPN body (or the whole backbone)
+        load_weights_file(getattr(model.backbone, "body", model.backbone), backbone_file)
     if spec.family == "ssd" and size is not None:
         _resize_ssd(model, size, min_ratio, max_ratio)
     if bn_momentum is not None:
