@@ -9,10 +9,12 @@ from rich.table import Table
 from cvtool.errors import CvtoolError
 from cvtool.models import count_parameters, create_model, list_models, model_info
 
+CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21}  # ImageNet, COCO, VOC
 
-def parameter_count(name: str, num_classes: int = 1000) -> int:
+
+def parameter_count(name: str) -> int:
     with torch.device("meta"):
-        return count_parameters(create_model(name, num_classes=num_classes))
+        return count_parameters(create_model(name, num_classes=CLASSES[model_info(name).task]))
 
 
 def main(pattern: str = "*", task: str | None = None) -> list[str]:
@@ -20,7 +22,8 @@ def main(pattern: str = "*", task: str | None = None) -> list[str]:
     if not names:
         raise CvtoolError(f"no model matches '{pattern}'" + (f" for task {task}" if task else ""),
                           where="cvtool models", fix="run `cvtool models` to see all names")
-    table = Table(title="cvtool models (parameters with 1000 classes)")
+    table = Table(title="cvtool models (parameters for ImageNet's 1000 / COCO's 80 / VOC's 21 classes; "
+                        "builder defaults)")
     for column, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("min input", "right"),
                             ("description", "left")):
         table.add_column(column, justify=justify)
