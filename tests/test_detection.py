@@ -157,3 +157,13 @@ def test_backbone_weights_from_a_local_classifier_file(tmp_path):
     assert torch.equal(model.backbone.body.layer1[0].conv1.weight, classifier.layer1[0].conv1.weight)
     with pytest.raises(CvtoolError, match="no network|not found"):
         create_model("faster_rcnn", num_classes=5, weights_backbone=str(tmp_path / "missing.pt"))
+
+
+def test_aspect_ratio_grouping_makes_batches_of_one_group():
+    from cvtool.data.samplers import grouped
+
+    groups = [0, 1, 0, 1, 1, 0, 0, 1, 0]
+    order = grouped([0, 1, 2, 3, 4, 5, 6, 7, 8], groups, 2)
+    assert sorted(order) == list(range(9))  # a permutation: every image once
+    batches = [order[i:i + 2] for i in range(0, 8, 2)]  # the complete batches come first
+    assert batches == [[0, 2], [1, 3], [5, 6], [4, 7]] and all(len({groups[i] for i in b}) == 1 for b in batches)
