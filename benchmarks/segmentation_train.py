@@ -1,0 +1,42 @@
+"""Segmentation training throughput: cvtool's Trainer vs a plain loop written like torchvision's segmentation
+reference `train_one_epoch` (same model, same data and joint augmentation, same DataLoader), measured in one run,
+alternating rounds; prints images/s of both and the ratio (target >= 0.95).
+
+    python benchmarks/segmentation_train.py [--model unet] [--images 256] [--rounds 2] [overrides ...]
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from train_harness import fresh, main
+
+from cvtool.commands import components as C
+
+
+def reference_loop(cfg, hardware, task, dataset) -> float:
+    """torchvision references/segmentation/train.py: criterion = CE(out) + 0.5 CE(aux), ignore_index 255."""
+    model, optimizer = fresh(cfg, task, dataset)
+    loader = C.loader(dataset, cfg, hardware, train=True)
+    loader.sampler.set_epoch(0)
+    mean = torch.tensor(cfg.dataset.mean).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.dataset.std).view(1, -1, 1, 1)
+    model.train()
+    start, images_seen = time.perf_counter(), 0
+    for images, masks, _ in loader:
+        images = (images.float() / 255 - mean) / std
+        output = model(images)
+        output = output if isinstance(output, dict) else {"out": output}
+        losses = {name: nn.functional.cross_entropy(x, masks, ignore_index=255) for name, x in output.items()}
+        loss = losses["out"] + 0.5 * losses["aux"] if "aux" in losses else losses["out"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        images_seen += len(images)
+    return images_seen / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main("segmentation", "unet", reference_loop, __doc__)
