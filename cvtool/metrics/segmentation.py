@@ -46,7 +46,8 @@ def segmentation_metrics(confusion: np.ndarray) -> dict:
 
 class SegmentationEvaluator:
     """`process(inputs, outputs)` with inputs["mask"] (N, H, W) class indices and outputs either label maps
-    (N, H, W) or logits (N, C, H, W) (argmax over C)."""
+    (N, H, W), logits (N, C, H, W) (argmax over C), or one {"labels": (h, w)} per image, compared with the
+    top-left (h, w) of its (padded) mask."""
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255):
         self.num_classes, self.ignore_index = num_classes, ignore_index
@@ -56,6 +57,12 @@ class SegmentationEvaluator:
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def process(self, inputs: dict, outputs) -> None:
+        if isinstance(outputs, list):
+            masks = to_numpy(inputs["mask"])
+            for mask, output in zip(masks, outputs):
+                pred = to_numpy(output["labels"])
+                self.add(mask[:pred.shape[0], :pred.shape[1]], pred)
+            return
         if hasattr(outputs, "argmax") and np.ndim(outputs) == 4:
             outputs = outputs.argmax(1)
         self.add(to_numpy(inputs["mask"]), to_numpy(outputs))

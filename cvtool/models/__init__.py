@@ -5,11 +5,16 @@ always sees every model (no registration by scattered import side effects).
 """
 
 from cvtool.models import (  # noqa: F401  (imported for registration)
+    dilated,
+    fcn8s,
     lenet,
     se_resnet,
+    segnet,
     small_cnn,
     torchvision_classifiers,
     torchvision_detectors,
+    torchvision_segmenters,
+    unet,
     xception,
     yolo,
 )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from cvtool.errors import CvtoolError
 
-AVAILABLE = ("classification", "detection")
-PLANNED = ("segmentation",)
+AVAILABLE = ("classification", "detection", "segmentation")
 
 
 def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
@@ -18,7 +17,8 @@ def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | N
         from .detection import DetectionTask
 
         return DetectionTask(task_cfg, dataset_cfg, model_cfg)
-    if name in PLANNED:
-        raise CvtoolError(f"task '{name}' is not available yet in this version", where=f"task={name}",
-                          fix=f"available tasks: {', '.join(AVAILABLE)}")
+    if name == "segmentation":
+        from .segmentation import SegmentationTask
+
+        return SegmentationTask(task_cfg, dataset_cfg, model_cfg)
     raise CvtoolError(f"unknown task '{name}'", where=f"task={name}", fix=f"choose one of: {', '.join(AVAILABLE)}")

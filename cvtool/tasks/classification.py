@@ -15,8 +15,9 @@ from cvtool.data.roots import prepared_root
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
 from cvtool.metrics.classification import ClassificationEvaluator
-from cvtool.models import create_model
 from cvtool.viz.draw import labelled
+
+from .images import Normaliser, registry_model
 
 
 class ClassificationTask:
@@ -24,7 +25,7 @@ class ClassificationTask:
 
     def __init__(self, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
         self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
-        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.normalise = Normaliser(dataset_cfg["mean"], dataset_cfg["std"])
 
     @property
     def metric(self) -> str:
@@ -49,9 +50,7 @@ class ClassificationTask:
         return dataset
 
     def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
-        kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "weights")}
-        return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],
-                            weights=model_cfg.get("weights"), input_size=self.dataset_cfg["image_size"], **kwargs)
+        return registry_model(model_cfg, self.dataset_cfg, num_classes)
 
     def build_evaluator(self, dataset) -> ClassificationEvaluator:
         return ClassificationEvaluator(len(dataset.classes), topk=self.cfg["topk"])
@@ -90,23 +89,11 @@ class ClassificationTask:
         return drawn
 
     # --- steps ---------------------------------------------------------------------------------------------
-    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._norm:
-            mean = torch.tensor(self.dataset_cfg["mean"], device=device).view(1, -1, 1, 1) * 255
-            std = torch.tensor(self.dataset_cfg["std"], device=device).view(1, -1, 1, 1) * 255
-            self._norm[device] = (mean, std)
-        return self._norm[device]
-
     def preprocess(self, batch, hardware: Hardware) -> dict:
         """uint8 images from the loader -> normalised float on the device (cheaper than in the workers)."""
         images, target = batch
-        device = hardware.device
-        images = images.to(device, non_blocking=True)
-        mean, std = self._normalisation(device)
-        images = (images.float() - mean) / std
-        if hardware.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return {"image": images, "target": torch.as_tensor(target).to(device, non_blocking=True)}
+        return {"image": self.normalise(images, hardware),
+                "target": torch.as_tensor(target).to(hardware.device, non_blocking=True)}
 
     def batch_size(self, batch: dict) -> int:
         return batch["image"].shape[0]

@@ -39,3 +39,25 @@ def boxes_overlay(image, boxes, labels: list[str], masks=None, min_side: int = 2
     if len(boxes):
         image = draw_bounding_boxes(image, torch.as_tensor(boxes).reshape(-1, 4), labels, colors="yellow", width=2)
     return to_pil_image(image)
+
+
+def class_overlay(image, labels, skip: tuple[int, ...] = (0,), alpha: float = 0.5, min_side: int = 256) -> Image.Image:
+    """A uint8 C×H×W image with its (H, W) class-index map painted over in VOC palette colours (classes in `skip`,
+    e.g. background, left unpainted), upscaled to at least `min_side` px."""
+    import torch
+    from torchvision.transforms.v2.functional import resize, to_pil_image
+    from torchvision.utils import draw_segmentation_masks
+
+    from cvtool.data.index_png import VOC_PALETTE
+
+    labels = torch.as_tensor(labels)
+    scale = max(1.0, min_side / min(image.shape[-2:]))
+    if scale > 1:
+        size = [round(image.shape[-2] * scale), round(image.shape[-1] * scale)]
+        image, labels = resize(image, size, antialias=False), resize(labels[None], size, antialias=False)[0]
+    classes = [int(k) for k in labels.unique() if int(k) not in skip]
+    if classes:
+        masks = torch.stack([labels == k for k in classes])
+        colours = [tuple(VOC_PALETTE[3 * k:3 * k + 3]) for k in classes]
+        image = draw_segmentation_masks(image, masks, alpha=alpha, colors=colours)
+    return to_pil_image(image)

@@ -1,0 +1,115 @@
+"""Semantic segmentation adapter: VOC / mask-folder datasets, per-pixel cross-entropy (void ignored, auxiliary
+heads weighted), one confusion matrix for evaluation, palette PNGs and colour overlays from predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cvtool.data.index_png import write_index_png
+from cvtool.data.roots import prepared_root
+from cvtool.data.segmentation_sets import (SegmentationSet, mask_folder_items, open_segmentation_set, unlabelled_set,
+                                           voc_seg_items)
+from cvtool.engine.hardware import Hardware
+from cvtool.errors import CvtoolError
+from cvtool.metrics.segmentation import SegmentationEvaluator
+
+from .dense_inference import dense_scores
+from .images import Normaliser, registry_model
+
+
+class SegmentationTask:
+    name = "segmentation"
+
+    def __init__(self, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
+        self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
+        self.normalise = Normaliser(dataset_cfg["mean"], dataset_cfg["std"])
+        self.ignore_index = dataset_cfg.get("ignore_index")
+
+    @property
+    def metric(self) -> str:
+        return self.cfg["metric"]
+
+    # --- building ------------------------------------------------------------------------------------------
+    def open_split(self, split: str, transform, *, skip_invalid: bool, seed: int, classes: list[str] | None = None,
+                   train: bool = False, problems: list[str] | None = None) -> SegmentationSet:
+        ds = self.dataset_cfg
+        root = prepared_root(ds)
+        if ds["kind"] == "voc_seg":
+            items, source = voc_seg_items(root, split), f"VOC {root} [{split}]"
+        elif ds["kind"] == "mask_folder":
+            which = "train_" if split == ds.get("train_split") and split != ds.get("split") else ""
+            image_dir, mask_dir = Path(ds[f"{which}image_dir"]), Path(ds[f"{which}mask_dir"])
+            items, source = mask_folder_items(image_dir, mask_dir), f"{image_dir} + {mask_dir}"
+        else:
+            raise CvtoolError(f"dataset kind {ds['kind']!r} is not a segmentation dataset", where="dataset.kind",
+                              fix="use dataset=voc_seg, shapes_seg or mask_folder")
+        dataset = open_segmentation_set(items, list(classes or ds["classes"]), source, num_classes=ds["num_classes"],
+                                        ignore_index=self.ignore_index, skip_invalid=skip_invalid, problems=problems)
+        dataset.transform = transform
+        return dataset.cache() if ds.get("cache") else dataset
+
+    def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
+        return registry_model(model_cfg, self.dataset_cfg, num_classes)
+
+    def build_evaluator(self, dataset: SegmentationSet) -> SegmentationEvaluator:
+        return SegmentationEvaluator(len(dataset.classes), self.ignore_index)
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def preprocess(self, batch, hardware: Hardware) -> dict:
+        images, masks, sizes = batch
+        return {"image": self.normalise(images, hardware), "mask": masks.to(hardware.device, non_blocking=True),
+                "sizes": sizes}
+
+    def batch_size(self, batch: dict) -> int:
+        return batch["image"].shape[0]
+
+    def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ignore = self.ignore_index if self.ignore_index is not None else -100
+        return F.cross_entropy(logits.float(), mask, ignore_index=ignore)
+
+    def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        output = model(batch["image"])
+        if not isinstance(output, dict):
+            return {"loss": self._loss(output, batch["mask"])}
+        main = self._loss(output["out"], batch["mask"])
+        aux = self._loss(output["aux"], batch["mask"])
+        return {"loss": main + self.cfg["aux_weight"] * aux, "main_loss": main.detach(), "aux_loss": aux.detach()}
+
+    def inference_step(self, model: torch.nn.Module, batch: dict) -> list[dict]:
+        """Per image: {"labels": (H, W) uint8 class map at the image's own size}."""
+        scores = dense_scores(model, batch["image"], scales=self.cfg["tta_scales"], flip=self.cfg["tta_flip"],
+                              tile=self.cfg["tile"], overlap=self.cfg["tile_overlap"])
+        labels = scores.argmax(1).to(torch.uint8)
+        return [{"labels": labels[i, :h, :w]} for i, (h, w) in enumerate(batch["sizes"])]
+
+    # --- predict ---------------------------------------------------------------------------------------------
+    def open_source(self, files: list[Path], transform, class_names: list[str], source: Path) -> SegmentationSet:
+        dataset = unlabelled_set(files, class_names, str(source), self.ignore_index)
+        dataset.transform = transform
+        return dataset
+
+    def write_results(self, directory: Path, dataset: SegmentationSet, outputs: list[dict], split: str) -> list[Path]:
+        """One VOC palette PNG per image, `masks/<image id>.png` (what `cvtool eval predictions=` reads)."""
+        out = directory / "masks"
+        for item, output in zip(dataset.items, outputs):
+            path = out / f"{item.image_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_index_png(path, output["labels"].numpy())
+        return [out]
+
+    def draw_overlays(self, directory: Path, dataset: SegmentationSet, outputs: list[dict], limit: int | None) -> int:
+        """The first `limit` images with the predicted classes painted over them (background left clear)."""
+        from cvtool.viz.draw import class_overlay
+
+        directory.mkdir(parents=True, exist_ok=True)
+        skip = (0,) if dataset.classes and dataset.classes[0] == "background" else ()
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        for index in range(count):
+            image, _ = dataset[index]
+            name = Path(dataset.items[index].image_id).name
+            class_overlay(image, outputs[index]["labels"], skip, self.cfg["overlay_alpha"]).save(
+                directory / f"{index:05d}_{name}.png")
+        return count
