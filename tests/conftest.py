@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
+import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -40,3 +42,16 @@ def only_run_dir(root: Path) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache whose downloads fail as they do without network."""
+
+
+    def no_network(url, *args, **kwargs):
+        raise URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub"

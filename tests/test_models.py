@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -185,16 +184,6 @@ def test_missing_or_foreign_weights_file_is_an_error(tmp_path):
         create_model("shapes_cnn", num_classes=10, weights=str(tmp_path / "lenet.pt"))
 
 
-@pytest.fixture
-def hub_dir(tmp_path, monkeypatch) -> Path:
-    """An empty torch hub cache whose downloads fail as they do without network."""
-
-    def no_network(url, *args, **kwargs):
-        raise URLError("no network in tests")
-
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "hub"
 
 
 def test_uncached_pretrained_weights_say_where_to_put_the_file(hub_dir):

@@ -196,5 +196,5 @@ def random_scale_crop(size: int, min_size: int, max_size: int, ignore_index: int
     """Resize the shorter side to a random length in [min_size, max_size), then take a random `size` crop, padded
     where the image is smaller: images with 0, masks with `ignore_index` (void), so padding is never learnt as a
     class. transforms.v2 resizes tv_tensors.Mask with nearest-neighbour interpolation only."""
-    return v2.Compose([v2.RandomResize(min_size, max_size),
-                       v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})])
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+    return v2.Compose([v2.RandomResize(min_size, max_size), v2.RandomCrop(size, pad_if_needed=True, fill=fill)])

@@ -37,6 +37,15 @@ def _device(name: str, distributed: bool) -> torch.device:
     return torch.device(name)
 
 
+def native_cpu_bf16() -> bool:
+    """True on CPUs with bfloat16 arithmetic in hardware (AVX512-BF16 or AMX): bf16 autocast runs convolutions
+    ~2x faster there (measured on this project's 2-core EPYC); elsewhere it would be emulated and slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers of torch.cpu: absent -> assume no native bf16
+        return False
+
+
 def _auto(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
 
@@ -51,7 +60,8 @@ def resolve_hardware(cfg: dict) -> Hardware:
     cuda = device.type == "cuda"
     amp = str(cfg["amp"])
     if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else (
+            "bf16" if native_cpu_bf16() else "off")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None, "False": None}
     if amp not in dtypes:
         raise CvtoolError(f"unknown hardware.amp '{amp}'", where="hardware.amp", fix="use auto, bf16, fp16 or off")

@@ -18,7 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import register_model
-from cvtool.models.weights import ensure_cached, is_weights_file, load_weights_file, resolve_weights
+from cvtool.models.weights import is_weights_file, load_weights_file, pretrained
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> An
     return AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))
 
 
-def _pretrained(name: str, weights: str | None):
-    """A torchvision weights enum (downloaded into the hub cache if needed; no network -> a clear error)."""
-    if weights is None:
-        return None
-    resolved = resolve_weights(name, weights)
-    ensure_cached(resolved)
-    return resolved
-
 
 def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float) -> None:
     """SSD's fixed input size and default-box scales (same aspect ratios, so the heads keep their shapes)."""
@@ -115,10 +107,10 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
     anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
-    args = {"weights_backbone": None if backbone_file else _pretrained(spec.backbone, weights_backbone), **kwargs}
+    args = {"weights_backbone": None if backbone_file else pretrained(spec.backbone, weights_backbone), **kwargs}
     try:
         if weights is not None:
-            model = spec.builder(weights=_pretrained(name_of(spec), weights), **args)
+            model = spec.builder(weights=pretrained(name_of(spec), weights), **args)
             _replace_heads(model, spec, num_classes)
         else:
             model = spec.builder(weights=None, num_classes=num_classes + offset, **args)

@@ -17,7 +17,7 @@ from torchvision.models import segmentation
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import register_model
 from cvtool.models.torchvision_classifiers import conv_like, replace_first_conv
-from cvtool.models.weights import ensure_cached, is_weights_file, load_weights_file, resolve_weights
+from cvtool.models.weights import is_weights_file, load_weights_file, pretrained
 
 VOC_CLASSES = 21  # the class count of torchvision's pretrained segmenters (COCO images, VOC labels)
 BACKBONES = {
@@ -53,14 +53,6 @@ class TorchvisionSegmenter(nn.Module):
         return {"out": out, "aux": aux}
 
 
-def _pretrained(name: str, weights: str | None):
-    """A torchvision weights enum, downloaded into the hub cache if needed (no network -> CvtoolError)."""
-    if weights is None:
-        return None
-    resolved = resolve_weights(name, weights)
-    ensure_cached(resolved)
-    return resolved
-
 
 def _replace_last_convs(model: nn.Module, num_classes: int) -> None:
     """Fresh class-score convolutions (main and auxiliary head) for fine-tuning to ``num_classes``."""
@@ -94,14 +86,14 @@ def build_segmenter(arch: str, num_classes: int, in_channels: int = 3, weights: 
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
     if weights is not None:  # torchvision insists on its 21 classes and, for FCN/DeepLab, on the aux head
         extra = {} if arch == "lraspp" else {"aux_loss": True}
-        model = tv_builder(weights=_pretrained(name, weights), progress=False, **extra)
+        model = tv_builder(weights=pretrained(name, weights), progress=False, **extra)
         if not aux_loss:
             model.aux_classifier = None
         if num_classes != VOC_CLASSES:
             _replace_last_convs(model, num_classes)
     else:
         extra = {} if arch == "lraspp" else {"aux_loss": aux_loss}
-        enum = None if backbone_file else _pretrained(backbone, weights_backbone)
+        enum = None if backbone_file else pretrained(backbone, weights_backbone)
         model = tv_builder(weights=None, num_classes=num_classes, weights_backbone=enum, progress=False, **extra)
     if backbone_file:
         _load_backbone_file(model.backbone, backbone, backbone_file)

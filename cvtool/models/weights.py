@@ -58,6 +58,15 @@ def ensure_cached(weights: WeightsEnum) -> None:
         ) from err
 
 
+def pretrained(model_name: str, weights: str | None) -> WeightsEnum | None:
+    """The torchvision weights enum `weights` names for `model_name` (cached first; no network -> CvtoolError)."""
+    if weights is None:
+        return None
+    resolved = resolve_weights(model_name, weights)
+    ensure_cached(resolved)
+    return resolved
+
+
 def reject_weights_name(model_name: str, weights: str | None) -> None:
     """Our own models have no published weights: only a local file (handled by create_model) is valid."""
     if weights is not None:

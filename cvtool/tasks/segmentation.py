@@ -10,8 +10,13 @@ import torch.nn.functional as F
 
 from cvtool.data.index_png import write_index_png
 from cvtool.data.roots import prepared_root
-from cvtool.data.segmentation_sets import (SegmentationSet, mask_folder_items, open_segmentation_set, unlabelled_set,
-                                           voc_seg_items)
+from cvtool.data.segmentation_sets import (
+    SegmentationSet,
+    mask_folder_items,
+    open_segmentation_set,
+    unlabelled_set,
+    voc_seg_items,
+)
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
 from cvtool.metrics.segmentation import SegmentationEvaluator
