@@ -2,7 +2,7 @@
 reference `train_one_epoch` (same model, same data and joint augmentation, same DataLoader), measured in one run,
 alternating rounds; prints images/s of both and the ratio (target >= 0.95).
 
-    python benchmarks/segmentation_train.py [--model unet] [--images 256] [--rounds 2] [overrides ...]
+    python benchmarks/segmentation_train.py [--model fcn8s] [--images 256] [--rounds 2] [overrides ...]
 """
 
 from __future__ import annotations
@@ -39,4 +39,4 @@ def reference_loop(cfg, hardware, task, dataset) -> float:
 
 
 if __name__ == "__main__":
-    main("segmentation", "unet", reference_loop, __doc__)
+    main("segmentation", "fcn8s", reference_loop, __doc__)

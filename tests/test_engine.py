@@ -100,7 +100,10 @@ def test_gpu_hardware_without_gpu_is_a_clear_error():
     cfg = hardware_cfg(device="cuda", amp="auto", channels_last="auto", pin_memory="auto")
     with pytest.raises(CvtoolError, match="hardware=cpu"):
         resolve_hardware(cfg)
-    assert resolve_hardware(cfg | {"device": "auto"}).amp_dtype is None
+    from cvtool.engine.hardware import native_cpu_bf16
+
+    # auto AMP on the CPU: bf16 where the CPU computes it natively, full precision elsewhere
+    assert resolve_hardware(cfg | {"device": "auto"}).amp_dtype == (torch.bfloat16 if native_cpu_bf16() else None)
 
 
 def test_ddp_hardware_outside_torchrun_explains_the_launch(monkeypatch):
