@@ -151,7 +151,8 @@ def mask_folder_items(image_dir: Path, mask_dir: Path) -> list[SegmentationItem]
     """Every image of `image_dir` (recursively) paired with `mask_dir/<same relative path>.png`."""
     if not image_dir.is_dir():
         raise CvtoolError("image directory not found", where=str(image_dir),
-                          fix="set dataset.image_dir (images) and dataset.mask_dir (index PNGs of the same names)")
+                          fix="use dataset.root with images/<split>/ and masks/<split>/, or set dataset.image_dir and "
+                              "dataset.mask_dir (dataset.train_image_dir/train_mask_dir for training)")
     files = sorted(p for p in image_dir.rglob("*") if is_image_file(p))
     if not files:
         raise CvtoolError("no images found", where=str(image_dir), fix="put the split's images there")
