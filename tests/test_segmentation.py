@@ -162,3 +162,14 @@ def test_a_short_training_run_learns_to_segment(tmp_path_factory, tmp_path):
     assert untrained["final"]["mIoU"] < 0.2
     # all-background predictions score ~0.15 (background IoU / 6 classes): above 0.2 the shapes are being found
     assert trained["best"] > 0.2 and trained["best"] > untrained["final"]["mIoU"] + 0.15  # 0.255 measured
+
+
+def test_uncached_items_read_the_same_masks_as_cached_ones(devkit):
+    from cvtool.data.segmentation_sets import open_segmentation_set, voc_seg_items
+
+    classes = ["background", "circle", "square", "triangle", "star", "cross"]
+    kept, read = (open_segmentation_set(voc_seg_items(devkit, "val"), classes, "x", num_classes=6, ignore_index=255,
+                                        keep_masks=keep) for keep in (True, False))
+    assert read.masks is None and len(read) == len(kept) == 4
+    for (image_a, mask_a), (image_b, mask_b) in zip(kept, read):
+        assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b) and mask_a.dtype == torch.int64

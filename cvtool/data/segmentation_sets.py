@@ -161,10 +161,11 @@ def mask_folder_items(image_dir: Path, mask_dir: Path) -> list[SegmentationItem]
 
 
 def open_segmentation_set(items: list[SegmentationItem], classes: list[str], source: str, *, num_classes: int,
-                          ignore_index: int | None, skip_invalid: bool = False,
-                          problems: list[str] | None = None) -> SegmentationSet:
+                          ignore_index: int | None, skip_invalid: bool = False, problems: list[str] | None = None,
+                          keep_masks: bool = False) -> SegmentationSet:
     """Check every mask; problems raise (all counted, the first named) unless `skip_invalid` leaves those items
-    out; a `problems` list receives them all."""
+    out; a `problems` list receives them all. `keep_masks` keeps the decoded masks (small, cached datasets);
+    otherwise they are read again per item."""
     if len(classes) != num_classes:
         raise CvtoolError(f"dataset.classes names {len(classes)} classes but dataset.num_classes={num_classes}",
                           where="dataset.classes", fix="give one name per class index, background included")
@@ -184,7 +185,8 @@ def open_segmentation_set(items: list[SegmentationItem], classes: list[str], sou
         log.warning("%s: skipped %d item(s) with invalid masks, e.g. %s", source, bad, found[0])
     if not kept:
         raise CvtoolError("no usable images in the split", where=source, fix="check the images and masks")
-    return SegmentationSet(kept, list(classes), source, ignore_index=ignore_index, masks=masks, num_skipped=bad)
+    return SegmentationSet(kept, list(classes), source, ignore_index=ignore_index,
+                           masks=masks if keep_masks else None, num_skipped=bad)
 
 
 def unlabelled_set(files: list[Path], classes: list[str], source: str, ignore_index: int | None) -> SegmentationSet:

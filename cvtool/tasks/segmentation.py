@@ -52,7 +52,8 @@ class SegmentationTask:
             raise CvtoolError(f"dataset kind {ds['kind']!r} is not a segmentation dataset", where="dataset.kind",
                               fix="use dataset=voc_seg, shapes_seg or mask_folder")
         dataset = open_segmentation_set(items, list(classes or ds["classes"]), source, num_classes=ds["num_classes"],
-                                        ignore_index=self.ignore_index, skip_invalid=skip_invalid, problems=problems)
+                                        ignore_index=self.ignore_index, skip_invalid=skip_invalid, problems=problems,
+                                        keep_masks=bool(ds.get("cache")))
         dataset.transform = transform
         return dataset.cache() if ds.get("cache") else dataset
 
