@@ -55,3 +55,12 @@ def hub_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     return tmp_path / "hub"
+
+
+def forward_at(model, side: int) -> None:
+    """A train-mode forward with a batch of 2, then an eval-mode one with a single image (min_size probes)."""
+    import torch
+
+    with torch.no_grad():
+        model.train()(torch.randn(2, 3, side, side))
+        model.eval()(torch.randn(1, 3, side, side))

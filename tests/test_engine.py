@@ -119,6 +119,7 @@ class ToyTask:
     """A regression adapter: enough to drive the Trainer without any dataset."""
 
     name = "toy"
+    amp_inference = True
 
     def preprocess(self, batch, hardware):
         x, y = batch

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from conftest import forward_at
 from torch import nn
 from torchvision.models import GoogLeNet_Weights
 
@@ -62,14 +63,9 @@ def test_min_size_is_the_smallest_input_that_works(name):
     model = create_model(name, num_classes=3)
     size = model_info(name).min_size
 
-    def forward(side: int) -> None:  # train mode with a batch of 2, then eval mode with a single image
-        with torch.no_grad():
-            model.train()(torch.randn(2, 3, side, side))
-            model.eval()(torch.randn(1, 3, side, side))
-
-    forward(size)
+    forward_at(model, size)
     with pytest.raises((RuntimeError, ValueError)):
-        forward(size - 1)
+        forward_at(model, size - 1)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "squeezenet1_1", "se_resnet18",

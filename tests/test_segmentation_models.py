@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import forward_at
 from torch import nn
 
 from cvtool.errors import CvtoolError
@@ -337,12 +338,7 @@ def test_min_size_is_the_smallest_input_that_works(name):
     model = create_model(name, num_classes=K, **TINY[name])
     size = model_info(name).min_size
 
-    def forward(side: int) -> None:  # train mode with a batch of 2, then eval mode with a single image
-        with torch.no_grad():
-            model.train()(torch.randn(2, 3, side, side))
-            model.eval()(torch.randn(1, 3, side, side))
-
-    forward(size)
+    forward_at(model, size)
     if size > 1:
         with pytest.raises(RuntimeError):
-            forward(size - 1)
+            forward_at(model, size - 1)

@@ -46,7 +46,7 @@ def run_inference(model: torch.nn.Module, task, loader, evaluator, hardware: Har
     try:
         for batch in track(loader, total=len(loader), description=description, enabled=dist.is_main()):
             batch = task.preprocess(batch, hardware)
-            with autocast(hardware) if getattr(task, "amp_inference", True) else contextlib.nullcontext():
+            with autocast(hardware) if task.amp_inference else contextlib.nullcontext():
                 outputs = task.inference_step(model, batch)
             evaluator.process(batch, outputs)
     finally:

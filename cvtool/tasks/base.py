@@ -11,6 +11,7 @@ from cvtool.engine.hardware import Hardware
 
 class Task(Protocol):
     name: str
+    amp_inference: bool  # evaluate under the configured AMP autocast (False: always full precision)
 
     def preprocess(self, batch: Any, hardware: Hardware) -> Any:
         """Move a collated batch to the device and finish its conversion (dtype, normalisation, layout)."""

@@ -22,6 +22,7 @@ from .images import Normaliser, registry_model
 
 class ClassificationTask:
     name = "classification"
+    amp_inference = True
 
     def __init__(self, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
         self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
