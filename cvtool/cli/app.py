@@ -85,8 +85,9 @@ def visualize(method: str = typer.Argument(..., help="saliency, gradcam, guided_
 
 @app.command(epilog=groups_epilog())
 def inspect(overrides: list[str] = OVERRIDES) -> None:
-    """Per-layer shapes, parameters, FLOPs and receptive fields of a model."""
-    _invoke("unavailable", "main", "inspect", overrides or [])
+    """Per-layer output shapes, parameters, multiply-adds and receptive fields of model=NAME (or ckpt=PATH) at
+    input_size=H,W (default: the task's reference size: 224 classification, 800 detection, 520 segmentation)."""
+    _invoke("inspect_model", "main", overrides or [])
 
 
 @app.command()

@@ -56,8 +56,16 @@ def _clear() -> None:
     GlobalHydra.instance().clear()
 
 
+SIZE_KEYS = ("input_size",)  # `input_size=H,W` is a size, not a Hydra sweep over H and W
+
+
 def _with_command(command: str, overrides: list[str]) -> list[str]:
-    return [f"command={command}", *overrides]
+    def as_list(override: str) -> str:
+        key, _, value = override.partition("=")
+        bare = "," in value and not value.startswith(("[", "'", '"'))
+        return f"{key}=[{value}]" if key in SIZE_KEYS and bare else override
+
+    return [f"command={command}", *map(as_list, overrides)]
 
 
 def _compose(hydra, overrides: list[str]) -> DictConfig:
