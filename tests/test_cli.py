@@ -55,7 +55,7 @@ def test_missing_dataset_root_names_it(tmp_path):
 
 
 def test_later_pipelines_answer_not_available_with_exit_2():
-    result = cvtool("export", "format=onnx")
+    result = cvtool("export", "model=resnet18")
     assert result.returncode == 2 and "not available yet" in result.stderr
 
 

@@ -77,10 +77,12 @@ def export(overrides: list[str] = OVERRIDES) -> None:
 
 
 @app.command(epilog=groups_epilog())
-def visualize(method: str = typer.Argument(..., help="saliency, gradcam, guided_backprop, occlusion, filters, ..."),
+def visualize(method: str = typer.Argument(..., help="saliency, guided_backprop, deconvnet, gradcam, guided_gradcam, "
+                                                       "occlusion, filters, activations"),
               overrides: list[str] = OVERRIDES) -> None:
-    """Explain a checkpoint's decisions (saliency maps, Grad-CAM, ...)."""
-    _invoke("unavailable", "main", f"visualize {method}", overrides or [])
+    """Explain a classifier's decisions (ckpt=PATH, source=IMAGE|DIR or the eval split): maps as .npy and PNG,
+    one input | map | overlay figure; visualize.evaluate=true scores the maps (pointing game, deletion AUC)."""
+    _invoke("visualize", "main", method, overrides or [])
 
 
 @app.command(epilog=groups_epilog())

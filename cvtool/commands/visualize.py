@@ -1,0 +1,203 @@
+"""`cvtool visualize METHOD ckpt=PATH [source=IMAGE|DIR]`: explain a trained classifier's decisions.
+
+Attribution methods write, per image, the raw map (`<method>/<i>_<name>.npy`, H x W float32) and its heat-map
+PNG, plus `<method>.png`: input | map | overlay for every image. `filters` and `activations` write tile grids.
+`visualize.evaluate=true` scores saliency, guided backprop, Grad-CAM and occlusion on the split's object masks
+(pointing game vs chance, deletion AUC vs random order) and writes `faithfulness.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from cvtool.config import runner
+from cvtool.data.image_files import list_images
+from cvtool.errors import CvtoolError
+from cvtool.utils.atomic import atomic_write, atomic_write_text
+from cvtool.viz import attribution, features
+from cvtool.viz.explain_figure import composite, heat, save_png
+
+from . import components as C
+from .checkpoints import checkpoint_overrides
+from .restore import restore
+
+log = logging.getLogger("cvtool.visualize")
+FEATURES = ("filters", "activations")
+SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
+SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
+
+
+def main(method: str, overrides: list[str]) -> dict:
+    known = (*attribution.METHODS, *FEATURES)
+    if method not in known:
+        raise CvtoolError(f"unknown visualization method '{method}'", where="cvtool visualize METHOD",
+                          fix=f"one of {', '.join(known)}")
+    return runner.run("visualize", checkpoint_overrides(overrides),
+                      lambda cfg, run_dir: visualize(method, cfg, run_dir))[0]
+
+
+def options(cfg: DictConfig) -> attribution.Options:
+    v = cfg.visualize
+    return attribution.Options(layer=v.layer, samples=v.samples, noise=v.noise, patch=v.patch, stride=v.stride,
+                               batch=v.batch)
+
+
+def load_images(cfg: DictConfig, task, class_names: list[str], hardware, count: int | None, source: bool = True):
+    """(uint8 B x C x H x W, normalised batch on the device, true labels or None, names, (dataset, indices)) of
+    `count` images spread evenly over source= (unless `source` is False) or the evaluation split."""
+    if cfg.source and source:
+        files = list_images(cfg.source)
+        dataset = task.open_source(files, None, class_names, Path(cfg.source))
+        names = [Path(f).stem for f in files]
+    else:
+        dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed,
+                                  classes=class_names)
+        names = [Path(f).stem for f in dataset.files] if dataset.files else [str(i) for i in range(len(dataset))]
+    count = len(dataset) if count is None else min(count, len(dataset))
+    picked = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()  # spread over the classes
+    images = torch.stack([dataset[i][0] for i in picked])
+    targets = getattr(dataset, "targets", None)
+    labels = torch.as_tensor([targets[i] for i in picked]) if targets is not None else None
+    batch = task.preprocess((images, labels if labels is not None else torch.zeros(count, dtype=torch.long)),
+                            hardware)
+    return images, batch["image"].contiguous(), labels, [names[i] for i in picked], (dataset, picked)
+
+
+def target_classes(cfg: DictConfig, model, inputs: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+    """visualize.target (a class name or index) for every image, else each image's predicted class."""
+    target = cfg.visualize.target
+    if target is None:
+        with torch.no_grad():
+            return model(inputs).argmax(dim=1)
+    if str(target) in class_names:
+        index = class_names.index(str(target))
+    elif str(target).isdigit() and int(target) < len(class_names):
+        index = int(target)
+    else:
+        raise CvtoolError(f"visualize.target={target} is not a class of the model", where="visualize.target",
+                          fix=f"one of {class_names} or an index below {len(class_names)}")
+    return torch.full((len(inputs),), index, dtype=torch.long, device=inputs.device)
+
+
+def method_of(method: str, cfg: DictConfig) -> str:
+    """`saliency` with visualize.saliency=smoothgrad|integrated_gradients is that variant."""
+    if method != "saliency":
+        return method
+    variant = cfg.visualize.saliency
+    if variant not in SALIENCY_VARIANTS:
+        raise CvtoolError(f"visualize.saliency={variant} is not a saliency variant", where="visualize.saliency",
+                          fix=f"one of {', '.join(SALIENCY_VARIANTS)}")
+    return "saliency" if variant == "plain" else variant
+
+
+def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
+    hardware = dataclasses.replace(C.setup(cfg), channels_last=False)  # captum's hooks want plain layouts
+    model, task, class_names, _ = restore(cfg, hardware)
+    if task.name != "classification":
+        raise CvtoolError(f"`cvtool visualize {method}` explains classifiers; this checkpoint is a {task.name} "
+                          "model", where=str(cfg.ckpt), fix="pass a classification checkpoint")
+    model = model.float().eval()
+    out = C.run_dir_path(run_dir) or Path(".")
+    if method == "filters":
+        layer, kernels = features.filters(model)
+        np.save(out / "filters.npy", kernels)
+        save_png(out / "filters.png", features.tile(kernels))
+        log.info("%d filters of %s written to %s", len(kernels), layer, out / "filters.png")
+        return {"run_dir": str(out), "layer": layer, "num_filters": len(kernels)}
+    images, inputs, labels, names, _ = load_images(cfg, task, class_names, hardware, cfg.visualize.images)
+    if method == "activations":
+        return write_activations(cfg, model, inputs, names, out)
+    targets = target_classes(cfg, model, inputs, class_names)
+    name = method_of(method, cfg)
+    maps, raw = attribution.attribute(name, model, inputs, targets, options(cfg))
+    maps, raw = maps.float().cpu().numpy(), None if raw is None else raw.float().cpu().numpy()
+    write_maps(out / name, maps, names)
+    titles = [f"{class_names[t]}" + (f" (true {class_names[y]})" if labels is not None and y != t else "")
+              for t, y in zip(targets.tolist(), (labels if labels is not None else targets).tolist())]
+    composite(out / f"{name}.png", images.permute(0, 2, 3, 1).expand(-1, -1, -1, 3).numpy(), maps, titles,
+              name, raw)
+    log.info("%s maps of %d images written to %s (figure %s.png)", name, len(maps), out / name, name)
+    result = {"run_dir": str(out), "method": name, "num_images": len(maps)}
+    if cfg.visualize.evaluate:
+        result["faithfulness"] = evaluate_methods(cfg, model, task, class_names, hardware, out)
+    return result
+
+
+def write_maps(directory: Path, maps: np.ndarray, names: list[str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, (map_, name) in enumerate(zip(maps, names)):
+        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, m=map_: np.save(f, m.astype(np.float32)))
+        save_png(directory / f"{i:04d}_{name}.png", heat(map_))
+
+
+def write_activations(cfg: DictConfig, model, inputs: torch.Tensor, names: list[str], out: Path) -> dict:
+    layer = cfg.visualize.layer or attribution.last_conv(model)
+    maps = features.activations(model, inputs, layer)
+    directory = out / "activations"
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, (stack, name) in enumerate(zip(maps, names)):
+        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, s=stack: np.save(f, s.astype(np.float32)))
+        save_png(directory / f"{i:04d}_{name}.png", features.tile(features.scaled(stack, (1, 2))))
+    log.info("activations of %s (%s per image) written to %s", layer, "x".join(map(str, maps.shape[1:])),
+             directory)
+    return {"run_dir": str(out), "layer": layer, "shape": list(maps.shape)}
+
+
+def object_masks(cfg: DictConfig, dataset, picked: list[int]) -> np.ndarray:
+    """The generator's object masks of the `picked` items: <root>/masks/<split>/<class>/<file>."""
+    root = Path(cfg.dataset.root)
+    if not dataset.files:
+        raise CvtoolError("visualize.evaluate=true needs image files with object masks", where=cfg.dataset.name,
+                          fix="use the shapes data (its generator writes masks/ next to the images)")
+    masks = []
+    for file in (dataset.files[i] for i in picked):
+        path = root / "masks" / Path(file).relative_to(root)
+        if not path.is_file():
+            raise CvtoolError("no object mask for this image", where=str(path),
+                              fix="visualize.evaluate=true needs <root>/masks/<split>/<class>/<file> (the shapes "
+                                  "generator writes them)")
+        from PIL import Image
+
+        masks.append(np.asarray(Image.open(path).convert("L")) > 0)
+    return np.stack(masks)
+
+
+def evaluate_methods(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
+    """Pointing game and deletion AUC of each scored method on the split, with chance and random order."""
+    from cvtool.viz.faithfulness import deletion_auc, pointing_hits
+
+    _, inputs, labels, _, (dataset, picked) = load_images(cfg, task, class_names, hardware,
+                                                          cfg.visualize.eval_images, source=False)
+    masks = object_masks(cfg, dataset, picked)
+    labels = labels.to(inputs.device)
+    steps, batch = cfg.visualize.deletion_steps, cfg.visualize.batch
+    rows = {"chance / random": {"pointing_game": float(masks.mean()),
+                                "deletion_auc": float(np.mean(np.concatenate([
+                                    deletion_auc(model, inputs[i:i + batch], labels[i:i + batch], None, steps,
+                                                 cfg.seed) for i in range(0, len(inputs), batch)])))}}
+    for name in SCORED:
+        maps = np.concatenate([attribution.attribute(name, model, inputs[i:i + batch], labels[i:i + batch],
+                                                     options(cfg))[0].float().cpu().numpy()
+                               for i in range(0, len(inputs), batch)])
+        auc = np.concatenate([deletion_auc(model, inputs[i:i + batch], labels[i:i + batch], maps[i:i + batch],
+                                           steps) for i in range(0, len(inputs), batch)])
+        rows[name] = {"pointing_game": float(pointing_hits(maps, masks).mean()), "deletion_auc": float(auc.mean())}
+    table = Table(title=f"attribution quality on {len(inputs)} images of {dataset.source} (true class)")
+    table.add_column("method")
+    table.add_column("pointing game (higher is better)", justify="right")
+    table.add_column("deletion AUC (lower is better)", justify="right")
+    for name, row in rows.items():
+        table.add_row(name, f"{row['pointing_game']:.3f}", f"{row['deletion_auc']:.3f}")
+    Console().print(table)
+    result = {"num_images": len(inputs), "methods": rows}
+    atomic_write_text(out / "faithfulness.json", json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,151 @@
+"""Attribution maps of a classifier for normalised image batches, one H x W map per image (higher = more
+important for the target class). Captum implements the gradient methods, Grad-CAM and occlusion; what it lacks
+(first-layer filters, activations) lives in `viz/features.py`.
+
+Every method takes (model, images B x C x H x W, targets B) and returns (maps B x H x W, raw B x C x H x W or
+None): `raw` is the signed per-channel attribution where the method has one (guided backprop, deconvnet).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cvtool.errors import CvtoolError
+
+
+@dataclass
+class Options:
+    """`visualize.*` config values the methods read."""
+
+    layer: str | None = None  # Grad-CAM layer (module name); None = the last convolution
+    samples: int = 25  # SmoothGrad noisy copies / integrated-gradients steps
+    noise: float = 0.15  # SmoothGrad noise std as a fraction of the input's value range
+    patch: int = 16  # occlusion window side (px)
+    stride: int = 8  # occlusion window step (px)
+    batch: int = 64  # occluded images per forward pass
+
+
+def without_inplace(model: nn.Module) -> nn.Module:
+    """A copy whose ReLUs are out of place: backward hooks on in-place ReLUs fail (guided backprop, deconvnet)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    return model
+
+
+def last_conv(model: nn.Module) -> str:
+    """The name of the last Conv2d in registration order (Grad-CAM's default layer)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not names:
+        raise CvtoolError(f"{type(model).__name__} has no convolution", where="visualize.layer",
+                          fix="name a layer with visualize.layer=...")
+    return names[-1]
+
+
+def module_named(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        close = [n for n in modules if name in n][:5]
+        raise CvtoolError(f"the model has no layer '{name}'", where="visualize.layer",
+                          fix=f"one of {close}" if close else "run `cvtool inspect` to list the layer names")
+    return modules[name]
+
+
+def _channel_max(attribution: Tensor) -> Tensor:
+    """Simonyan et al.'s map: the maximum of |attribution| over the colour channels."""
+    return attribution.detach().abs().amax(dim=1)
+
+
+def saliency(model, images, targets, opts: Options) -> tuple[Tensor, None]:
+    from captum.attr import Saliency
+
+    return _channel_max(Saliency(model).attribute(images, target=targets, abs=True)), None
+
+
+def smoothgrad(model, images, targets, opts: Options) -> tuple[Tensor, None]:
+    from captum.attr import NoiseTunnel, Saliency
+
+    spread = float(images.detach().amax() - images.detach().amin()) * opts.noise
+    maps = NoiseTunnel(Saliency(model)).attribute(images, nt_type="smoothgrad", nt_samples=opts.samples,
+                                                  nt_samples_batch_size=opts.batch, stdevs=spread, target=targets)
+    return _channel_max(maps), None
+
+
+def integrated_gradients(model, images, targets, opts: Options) -> tuple[Tensor, None]:
+    from captum.attr import IntegratedGradients
+
+    maps = IntegratedGradients(model).attribute(images, baselines=torch.zeros_like(images), target=targets,
+                                                n_steps=opts.samples, internal_batch_size=opts.batch)
+    return _channel_max(maps), None
+
+
+def guided_backprop(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
+    from captum.attr import GuidedBackprop
+
+    raw = GuidedBackprop(without_inplace(model)).attribute(images, target=targets).detach()
+    return _channel_max(raw), raw
+
+
+def deconvnet(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
+    from captum.attr import Deconvolution
+
+    raw = Deconvolution(without_inplace(model)).attribute(images, target=targets).detach()
+    return _channel_max(raw), raw
+
+
+def gradcam(model, images, targets, opts: Options) -> tuple[Tensor, None]:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    layer = module_named(model, opts.layer or last_conv(model))
+    cam = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
+    return cam[:, 0], None
+
+
+def guided_gradcam(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
+    from captum.attr import GuidedGradCam
+
+    plain = without_inplace(model)
+    layer = module_named(plain, opts.layer or last_conv(plain))
+    raw = GuidedGradCam(plain, layer).attribute(images, target=targets).detach()
+    return _channel_max(raw), raw
+
+
+def occlusion(model, images, targets, opts: Options) -> tuple[Tensor, None]:
+    """Zeiler & Fergus: the drop of the target's probability when a grey patch (the dataset mean, 0 after
+    normalisation) covers each position, averaged over the windows covering a pixel."""
+    from captum.attr import Occlusion
+
+    def probabilities(x: Tensor) -> Tensor:
+        return F.softmax(model(x).float(), dim=1)
+
+    channels = images.shape[1]
+    maps = Occlusion(probabilities).attribute(
+        images, sliding_window_shapes=(channels, opts.patch, opts.patch), strides=(channels, opts.stride,
+                                                                                   opts.stride),
+        baselines=0.0, target=targets, perturbations_per_eval=opts.batch)
+    return maps.detach()[:, 0], None
+
+
+METHODS: dict[str, Callable] = {
+    "saliency": saliency, "smoothgrad": smoothgrad, "integrated_gradients": integrated_gradients,
+    "guided_backprop": guided_backprop, "deconvnet": deconvnet, "gradcam": gradcam,
+    "guided_gradcam": guided_gradcam, "occlusion": occlusion,
+}
+
+
+def attribute(method: str, model: nn.Module, images: Tensor, targets: Tensor, opts: Options):
+    """(maps B x H x W, raw or None) of `method` for `targets`; the model is used in eval mode."""
+    model.eval()
+    images = images.detach().float().requires_grad_(method not in ("occlusion",))
+    with warnings.catch_warnings():  # captum announces the ReLU hooks it sets (and removes) on every call
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
+        return METHODS[method](model, images, targets, opts)

@@ -1,0 +1,134 @@
+"""`cvtool visualize`: attribution maps that mean something, files of the documented shapes, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import only_run_dir
+from torch import nn
+
+from cvtool.commands import train, visualize
+from cvtool.errors import CvtoolError
+from cvtool.viz.attribution import Options, attribute
+from cvtool.viz.faithfulness import deletion_auc, pointing_hits
+
+SIZE = 64
+
+
+def test_saliency_of_a_linear_model_is_its_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
+    maps, _ = attribute("saliency", model, images, targets, Options())
+    weights = model[1].weight.detach().view(4, 3, 8, 8).abs().amax(dim=1)
+    torch.testing.assert_close(maps, weights[targets])
+
+
+class LooksAtOneCorner(nn.Module):
+    """Class 0's logit is 5 x the mean brightness of the top-left 8 x 8 pixels; class 1's is 0."""
+
+    def forward(self, x):
+        score = 5 * x[:, :, :8, :8].mean(dim=(1, 2, 3))
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def test_occlusion_lights_up_the_region_the_model_looks_at():
+    images = torch.ones(1, 3, 32, 32)
+    maps, _ = attribute("occlusion", LooksAtOneCorner(), images, torch.tensor([0]), Options(patch=4, stride=2))
+    assert maps.shape == (1, 32, 32)
+    inside, outside = maps[0, :8, :8], maps[0].clone()
+    outside[:12, :12] = 0  # windows that reach into the corner share its credit
+    assert float(inside.min()) > 0 and float(outside.abs().max()) == 0
+
+
+def test_pointing_game_and_deletion_curve_by_hand():
+    maps = np.zeros((2, 4, 4))
+    maps[0, 1, 1], maps[1, 3, 3] = 1, 1
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True
+    assert pointing_hits(maps, masks).tolist() == [True, False]
+    # deleting the one pixel the model reads first drops the probability to 0.5 at once
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[0, 5] = 100.0  # pixel (1, 1)
+    auc = deletion_auc(model, torch.ones(1, 1, 4, 4), torch.tensor([0]), maps[:1, None].squeeze(1), steps=16)
+    assert auc[0] == pytest.approx(0.5 + 0.5 / 16 / 2, abs=1e-6)  # 1.0 -> 0.5 over the first 1/16, then 0.5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[list[str], str]:
+    """A small shapes classifier (2,000 images, 15 epochs: ~1 min): overrides for its data and its best.pt."""
+    from cvtool.data.shapes import ensure_shapes
+
+    root = tmp_path_factory.mktemp("vis")
+    ensure_shapes("classification", root / "datasets" / "shapes" / "classification", num_train=2000, num_val=100,
+                  image_size=SIZE, min_size=12, max_size=48, seed=0)
+    data = [f"paths.datasets={root / 'datasets'}", "dataset.synth.num_train=2000", "dataset.synth.num_val=100",
+            "hardware=cpu", "data.workers=0"]
+    train.main([*data, f"paths.runs={root / 'runs'}", "trainer.epochs=15", "data.batch_size=32",
+                "trainer.tensorboard=false", "plots=false"])
+    ckpt = only_run_dir(root / "runs" / "classification" / "train") / "checkpoints" / "best.pt"
+    return data, str(ckpt)
+
+
+@pytest.mark.parametrize("method", ["saliency", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam",
+                                    "occlusion"])
+def test_every_method_writes_maps_and_a_figure(trained, tmp_path, method):
+    data, ckpt = trained
+    result = visualize.main(method, [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path}", "visualize.images=3"])
+    run = only_run_dir(tmp_path / "classification" / "visualize")
+    maps = sorted((run / method).glob("*.npy"))
+    assert result["num_images"] == 3 and len(maps) == 3 and len(list((run / method).glob("*.png"))) == 3
+    assert all(np.load(m).shape == (SIZE, SIZE) and np.isfinite(np.load(m)).all() for m in maps)
+    assert (run / f"{method}.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("variant", ["smoothgrad", "integrated_gradients"])
+def test_saliency_variants(trained, tmp_path, variant):
+    data, ckpt = trained
+    visualize.main("saliency", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path}", "visualize.images=2",
+                                f"visualize.saliency={variant}", "visualize.samples=4"])
+    run = only_run_dir(tmp_path / "classification" / "visualize")
+    assert len(list((run / variant).glob("*.npy"))) == 2
+
+
+def test_filters_and_activations(trained, tmp_path):
+    data, ckpt = trained
+    result = visualize.main("filters", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'f'}"])
+    run = only_run_dir(tmp_path / "f" / "classification" / "visualize")
+    kernels = np.load(run / "filters.npy")
+    assert kernels.shape[0] == result["num_filters"] and kernels.shape[-1] == 3 and 0 <= kernels.min() <= 1
+    result = visualize.main("activations", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'a'}",
+                                            "visualize.images=2"])
+    run = only_run_dir(tmp_path / "a" / "classification" / "visualize")
+    stacks = sorted((run / "activations").glob("*.npy"))
+    assert len(stacks) == 2 and list(np.load(stacks[0]).shape) == result["shape"][1:]
+
+
+def test_maps_of_a_trained_model_point_at_the_object(trained, tmp_path):
+    data, ckpt = trained
+    result = visualize.main("gradcam", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path}", "visualize.images=1",
+                                        "visualize.evaluate=true", "visualize.eval_images=100"])
+    rows = result["faithfulness"]["methods"]
+    run = only_run_dir(tmp_path / "classification" / "visualize")
+    assert json.loads((run / "faithfulness.json").read_text())["methods"] == rows
+    chance = rows["chance / random"]
+    assert rows["gradcam"]["pointing_game"] > 0.6 > 3 * chance["pointing_game"]
+    assert rows["occlusion"]["pointing_game"] > 0.4
+    for method in ("saliency", "guided_backprop", "occlusion"):  # (Grad-CAM's coarse blob: about random, see README)
+        assert rows[method]["deletion_auc"] < chance["deletion_auc"] - 0.03, method
+
+
+def test_bad_method_layer_and_target_are_clear_errors(trained, tmp_path):
+    data, ckpt = trained
+    common = [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path}"]
+    with pytest.raises(CvtoolError, match="unknown visualization method 'salincy'"):
+        visualize.main("salincy", common)
+    with pytest.raises(CvtoolError, match="no layer 'nope'"):
+        visualize.main("gradcam", [*common, "visualize.layer=nope"])
+    with pytest.raises(CvtoolError, match="not a class of the model"):
+        visualize.main("saliency", [*common, "visualize.target=hexagon"])
