@@ -132,3 +132,68 @@ def test_bad_method_layer_and_target_are_clear_errors(trained, tmp_path):
         visualize.main("gradcam", [*common, "visualize.layer=nope"])
     with pytest.raises(CvtoolError, match="not a class of the model"):
         visualize.main("saliency", [*common, "visualize.target=hexagon"])
+
+
+def test_fgsm_at_zero_changes_nothing_and_stays_in_the_epsilon_ball():
+    from cvtool.viz.adversarial import PixelSpace, perturb
+
+    torch.manual_seed(0)
+    model = PixelSpace(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)), [0.5] * 3, [0.25] * 3)
+    images, targets = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    assert torch.equal(perturb(model, images, targets, 0.0), images)
+    for attack in ("fgsm", "pgd"):
+        adversarial = perturb(model, images, targets, 0.05, attack)
+        assert float((adversarial - images).abs().max()) <= 0.05 + 1e-6
+        assert 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+        with torch.no_grad():  # the true class's logit goes down (the loss goes up)
+            before, after = model(images).gather(1, targets[:, None]), model(adversarial).gather(1, targets[:, None])
+        assert bool((after < before).all()), attack
+
+
+def test_adversarial_flips_predictions_and_draws_the_accuracy_curve(trained, tmp_path):
+    data, ckpt = trained
+    common = [*data, f"ckpt={ckpt}", "visualize.images=8", "visualize.eval_images=100"]
+    clean = visualize.main("adversarial", [*common, f"paths.runs={tmp_path / 'a'}", "visualize.epsilon=0",
+                                           "visualize.epsilons=[0.0,0.05]"])
+    assert clean["flipped"] == 0
+    result = visualize.main("adversarial", [*common, f"paths.runs={tmp_path / 'b'}", "visualize.epsilon=0.05",
+                                            "visualize.epsilons=[0.0,0.05]"])
+    assert result["flipped"] >= 4  # of 8
+    accuracy = result["curve"]["accuracy"]
+    assert accuracy[0] == clean["curve"]["accuracy"][0] > 0.6 and accuracy[1] < accuracy[0] - 0.3
+    run = only_run_dir(tmp_path / "b" / "classification" / "visualize")
+    assert json.loads((run / "accuracy_vs_epsilon.json").read_text())["accuracy"] == accuracy
+    assert len(list((run / "adversarial").glob("*.npy"))) == 8 and (run / "adversarial.png").is_file()
+    assert (run / "accuracy_vs_epsilon.png").is_file()
+
+
+def test_class_models_raise_their_class_score_and_deepdream_its_layer(trained, tmp_path):
+    from cvtool.commands import components as C
+    from cvtool.commands.restore import restore
+    from cvtool.config import runner
+    from cvtool.viz.attribution import last_conv, module_named
+    from cvtool.viz.features import activations
+    from cvtool.viz.synthesis import Ascent, class_model, deepdream
+
+    data, ckpt = trained
+    result = visualize.main("class_model", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'c'}",
+                                            "visualize.ascent_steps=8"])
+    run = only_run_dir(tmp_path / "c" / "classification" / "visualize")
+    assert result["shape"] == [5, SIZE, SIZE, 3] and len(list((run / "class_model").glob("*.png"))) == 5
+    result = visualize.main("deepdream", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'd'}",
+                                          "visualize.images=2", "visualize.ascent_steps=4", "visualize.octaves=2"])
+    run = only_run_dir(tmp_path / "d" / "classification" / "visualize")
+    assert [np.load(p).shape for p in sorted((run / "deepdream").glob("*.npy"))] == [(SIZE, SIZE, 3)] * 2
+
+    cfg = runner.compose("visualize", [*data, f"ckpt={ckpt}"])
+    model, *_ = restore(cfg, C.setup(cfg))
+    start = torch.zeros(5, 3, SIZE, SIZE)
+    synthesised = class_model(model, list(range(5)), (3, SIZE, SIZE), Ascent(steps=20))
+    with torch.no_grad():
+        gain = model(synthesised).diagonal() - model(start).diagonal()
+    assert bool((gain > 0).all())
+    layer = last_conv(model)
+    image = torch.randn(1, 3, SIZE, SIZE) * 0.5
+    dream = deepdream(model, module_named(model, layer), image, Ascent(steps=6, octaves=2))
+    assert dream.shape == image.shape
+    assert (activations(model, dream, layer) ** 2).mean() > (activations(model, image, layer) ** 2).mean()

@@ -31,7 +31,7 @@ from .checkpoints import checkpoint_overrides
 from .restore import restore
 
 log = logging.getLogger("cvtool.visualize")
-FEATURES = ("filters", "activations")
+FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream")
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
 
@@ -113,9 +113,15 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
         save_png(out / "filters.png", features.tile(kernels))
         log.info("%d filters of %s written to %s", len(kernels), layer, out / "filters.png")
         return {"run_dir": str(out), "layer": layer, "num_filters": len(kernels)}
+    if method == "class_model":
+        return write_class_models(cfg, model, task, class_names, out)
     images, inputs, labels, names, _ = load_images(cfg, task, class_names, hardware, cfg.visualize.images)
     if method == "activations":
         return write_activations(cfg, model, inputs, names, out)
+    if method == "deepdream":
+        return write_dreams(cfg, model, task, inputs, names, out)
+    if method == "adversarial":
+        return write_adversarial(cfg, model, task, class_names, hardware, (images, labels, names), out)
     targets = target_classes(cfg, model, inputs, class_names)
     name = method_of(method, cfg)
     maps, raw = attribution.attribute(name, model, inputs, targets, options(cfg))
@@ -150,6 +156,110 @@ def write_activations(cfg: DictConfig, model, inputs: torch.Tensor, names: list[
     log.info("activations of %s (%s per image) written to %s", layer, "x".join(map(str, maps.shape[1:])),
              directory)
     return {"run_dir": str(out), "layer": layer, "shape": list(maps.shape)}
+
+
+def ascent(cfg: DictConfig):
+    from cvtool.viz.synthesis import Ascent
+
+    v = cfg.visualize
+    return Ascent(steps=v.ascent_steps, lr=v.ascent_lr, l2=v.l2, jitter=v.jitter, blur_every=v.blur_every,
+                  blur_sigma=v.blur_sigma, octaves=v.octaves, octave_scale=v.octave_scale)
+
+
+def to_pixels(task, x: torch.Tensor) -> np.ndarray:
+    """Normalised B x C x H x W -> B x H x W x C in [0, 1] with the dataset's mean and std."""
+    mean = torch.tensor(task.normalise.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(task.normalise.std, device=x.device).view(1, -1, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_class_models(cfg: DictConfig, model, task, class_names: list[str], out: Path) -> dict:
+    """One synthesised image per class (or visualize.target): class_model/<class>.png and a grid."""
+    from cvtool.viz.synthesis import class_model
+
+    classes = list(range(len(class_names))) if cfg.visualize.target is None else \
+        target_classes(cfg, model, torch.zeros(1, 1), class_names).tolist()
+    size = int(cfg.dataset.image_size)
+    images = to_pixels(task, class_model(model, classes, (int(cfg.dataset.channels), size, size), ascent(cfg),
+                                         cfg.seed))
+    directory = out / "class_model"
+    directory.mkdir(parents=True, exist_ok=True)
+    for image, k in zip(images, classes):
+        atomic_write(directory / f"{class_names[k]}.npy", lambda f, x=image: np.save(f, x.astype(np.float32)))
+        save_png(directory / f"{class_names[k]}.png", image.squeeze())
+    save_png(out / "class_model.png", features.tile(features.scaled(images, (1, 2, 3)), pad=2).squeeze())
+    log.info("class models of %d classes written to %s", len(classes), directory)
+    return {"run_dir": str(out), "classes": [class_names[k] for k in classes], "shape": list(images.shape)}
+
+
+def write_dreams(cfg: DictConfig, model, task, inputs: torch.Tensor, names: list[str], out: Path) -> dict:
+    """DeepDream of each picked image at visualize.layer (default: the last convolution)."""
+    from cvtool.viz.synthesis import deepdream
+
+    layer = cfg.visualize.layer or attribution.last_conv(model)
+    module = attribution.module_named(model, layer)
+    dreams = torch.cat([deepdream(model, module, x[None], ascent(cfg), cfg.seed) for x in inputs])
+    pictures = to_pixels(task, dreams)
+    directory = out / "deepdream"
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, (picture, name) in enumerate(zip(pictures, names)):
+        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, x=picture: np.save(f, x.astype(np.float32)))
+        save_png(directory / f"{i:04d}_{name}.png", picture.squeeze())
+    pairs = np.concatenate([to_pixels(task, inputs), pictures], axis=2)  # input | dream, side by side
+    save_png(out / "deepdream.png", features.tile(pairs, pad=2).squeeze())
+    log.info("DeepDream of %d images at layer %s written to %s", len(names), layer, directory)
+    return {"run_dir": str(out), "layer": layer, "num_images": len(names)}
+
+
+def write_adversarial(cfg: DictConfig, model, task, class_names: list[str], hardware, picked, out: Path) -> dict:
+    """Adversarial versions of the picked images (against the true class, else the prediction) with the
+    original and new predictions; over the split (labelled data), the accuracy vs epsilon curve."""
+    from cvtool.viz import adversarial as adv
+    from cvtool.viz.explain_figure import accuracy_plot, adversarial_figure
+
+    v = cfg.visualize
+    if v.attack not in adv.ATTACKS:
+        raise CvtoolError(f"visualize.attack={v.attack} is not an attack", where="visualize.attack",
+                          fix=f"one of {', '.join(adv.ATTACKS)}")
+    pixel_model = adv.PixelSpace(model, task.normalise.mean, task.normalise.std).to(hardware.device)
+    images, labels, names = picked
+    clean = images.float().div(255).to(hardware.device)
+    before = adv.predictions(pixel_model, clean)
+    targets = labels.to(hardware.device) if labels is not None else before
+    perturbed = adv.perturb(pixel_model, clean, targets, v.epsilon, v.attack, v.pgd_steps)
+    with torch.no_grad():
+        p_clean, p_adv = (torch.softmax(pixel_model(x), dim=1).cpu() for x in (clean, perturbed))
+    after = p_adv.argmax(dim=1)
+    directory = out / "adversarial"
+    directory.mkdir(parents=True, exist_ok=True)
+    as_hwc = perturbed.permute(0, 2, 3, 1).cpu().numpy()
+    for i, name in enumerate(names):
+        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, x=as_hwc[i]: np.save(f, x.astype(np.float32)))
+        save_png(directory / f"{i:04d}_{name}.png", as_hwc[i].squeeze())
+    def title(p, k):
+        return f"{class_names[k]} {float(p[k]):.2f}"
+
+    adversarial_figure(out / "adversarial.png", clean.permute(0, 2, 3, 1).cpu().numpy(), as_hwc,
+                       [title(p, k) for p, k in zip(p_clean, before.cpu())],
+                       [title(p, k) for p, k in zip(p_adv, after)], v.epsilon)
+    flipped = int((after != before.cpu()).sum())
+    log.info("%s at epsilon %g changed %d of %d predictions; images in %s", v.attack.upper(), v.epsilon, flipped,
+             len(names), directory)
+    result = {"run_dir": str(out), "attack": v.attack, "epsilon": v.epsilon, "num_images": len(names),
+              "flipped": flipped}
+    if labels is not None or not cfg.source:
+        split_images, _, split_labels, _, _ = load_images(cfg, task, class_names, hardware, v.eval_images,
+                                                          source=False)
+        epsilons = list(v.epsilons)
+        accuracy = adv.accuracy_curve(pixel_model, split_images.float().div(255).to(hardware.device),
+                                      split_labels.to(hardware.device), epsilons, v.attack, v.pgd_steps, v.batch)
+        curve = {"attack": v.attack, "num_images": len(split_images), "epsilon": epsilons, "accuracy": accuracy}
+        atomic_write_text(out / "accuracy_vs_epsilon.json", json.dumps(curve, indent=2))
+        accuracy_plot(out / "accuracy_vs_epsilon.png", epsilons, accuracy, v.attack)
+        log.info("accuracy vs epsilon (%s): %s", v.attack,
+                 ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(epsilons, accuracy)))
+        result["curve"] = curve
+    return result
 
 
 def object_masks(cfg: DictConfig, dataset, picked: list[int]) -> np.ndarray:

@@ -54,3 +54,49 @@ def composite(path: Path, images: np.ndarray, maps: np.ndarray, titles: list[str
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
+
+
+def adversarial_figure(path: Path, clean: np.ndarray, adversarial: np.ndarray, clean_titles: list[str],
+                       adversarial_titles: list[str], epsilon: float) -> Path:
+    """One row per image: clean | adversarial | perturbation amplified to the full range. Images B x H x W x C in
+    [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(clean), 3, figsize=(7.5, 2.5 * len(clean)), squeeze=False)
+    for row in range(len(clean)):
+        delta = 0.5 + 0.5 * (adversarial[row] - clean[row]) / max(epsilon, 1e-12)
+        for col, (panel, title) in enumerate(((clean[row], clean_titles[row]),
+                                              (adversarial[row], adversarial_titles[row]),
+                                              (delta, f"perturbation x{0.5 / max(epsilon, 1e-12):.0f}"))):
+            axes[row, col].imshow(np.clip(panel.squeeze(), 0, 1), cmap="gray" if panel.shape[-1] == 1 else None)
+            axes[row, col].set_title(title, fontsize=8)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def accuracy_plot(path: Path, epsilons: list[float], accuracy: list[float], attack: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epsilons, accuracy, marker="o")
+    ax.set_xlabel("epsilon (pixel units, L-inf)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{attack.upper()}: accuracy vs epsilon")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
