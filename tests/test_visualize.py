@@ -197,3 +197,13 @@ def test_class_models_raise_their_class_score_and_deepdream_its_layer(trained, t
     dream = deepdream(model, module_named(model, layer), image, Ascent(steps=6, octaves=2))
     assert dream.shape == image.shape
     assert (activations(model, dream, layer) ** 2).mean() > (activations(model, image, layer) ** 2).mean()
+
+
+def test_curves_and_predictions_pictures(trained, tmp_path):
+    data, ckpt = trained
+    result = visualize.main("curves", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'c'}"])
+    run = only_run_dir(tmp_path / "c" / "classification" / "visualize")
+    assert result["metric"] == "val/top1" and (run / "training_curves.png").stat().st_size > 10_000
+    visualize.main("predictions", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'p'}", "overlays=3"])
+    run = only_run_dir(tmp_path / "p" / "classification" / "visualize")
+    assert len(list((run / "overlays").glob("*.png"))) == 3

@@ -31,7 +31,7 @@ from .checkpoints import checkpoint_overrides
 from .restore import restore
 
 log = logging.getLogger("cvtool.visualize")
-FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream")
+FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions")
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
 
@@ -41,6 +41,10 @@ def main(method: str, overrides: list[str]) -> dict:
     if method not in known:
         raise CvtoolError(f"unknown visualization method '{method}'", where="cvtool visualize METHOD",
                           fix=f"one of {', '.join(known)}")
+    if method == "predictions":  # boxes / masks / labels drawn by the task, as `cvtool predict` draws them
+        from .predict import predict
+
+        return runner.run("visualize", checkpoint_overrides(overrides), predict)[0]
     return runner.run("visualize", checkpoint_overrides(overrides),
                       lambda cfg, run_dir: visualize(method, cfg, run_dir))[0]
 
@@ -100,6 +104,8 @@ def method_of(method: str, cfg: DictConfig) -> str:
 
 
 def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
+    if method == "curves":
+        return write_curves(cfg, C.run_dir_path(run_dir) or Path("."))
     hardware = dataclasses.replace(C.setup(cfg), channels_last=False)  # captum's hooks want plain layouts
     model, task, class_names, _ = restore(cfg, hardware)
     if task.name != "classification":
@@ -136,6 +142,28 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     if cfg.visualize.evaluate:
         result["faithfulness"] = evaluate_methods(cfg, model, task, class_names, hardware, out)
     return result
+
+
+def write_curves(cfg: DictConfig, out: Path) -> dict:
+    """The training curves (loss, learning rate, validation metric) of the run that wrote ckpt=."""
+    from cvtool.engine.checkpoint import resolve_checkpoint_path
+    from cvtool.engine.metrics_log import read_records
+    from cvtool.viz.curves import plot_training_curves
+
+    if not cfg.ckpt:
+        raise CvtoolError("`cvtool visualize curves` draws a training run", where="ckpt",
+                          fix="pass ckpt=runs/<task>/train/<timestamp> (the run dir or one of its checkpoints)")
+    ckpt = resolve_checkpoint_path(cfg.ckpt)
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise CvtoolError("the run has no metrics.jsonl", where=str(path), fix="pass a checkpoint of a cvtool run")
+    records = read_records(path)
+    metrics = [k for r in records for k in r if k.startswith("val/")]
+    metric = f"val/{cfg.task.metric}" if f"val/{cfg.task.metric}" in metrics else (metrics or ["val/loss"])[0]
+    figure = plot_training_curves(records, out / "training_curves.png", metric)
+    log.info("training curves of %s written to %s", run, figure)
+    return {"run_dir": str(out), "run": str(run), "metric": metric, "records": len(records)}
 
 
 def write_maps(directory: Path, maps: np.ndarray, names: list[str]) -> None:
