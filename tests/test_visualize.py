@@ -207,3 +207,35 @@ def test_curves_and_predictions_pictures(trained, tmp_path):
     visualize.main("predictions", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'p'}", "overlays=3"])
     run = only_run_dir(tmp_path / "p" / "classification" / "visualize")
     assert len(list((run / "overlays").glob("*.png"))) == 3
+
+
+def test_region_scores_average_a_segmenters_logits_over_the_region():
+    from cvtool.viz.attribution import RegionScores
+
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 1)
+    x, region = torch.randn(2, 3, 5, 7), torch.rand(2, 5, 7) > 0.5
+    expected = torch.stack([model(x)[b][:, region[b]].mean(dim=1) for b in range(2)])
+    torch.testing.assert_close(RegionScores(model, region)(x), expected)
+
+
+@pytest.mark.parametrize("task, model", [("segmentation", ["model=unet", "model.width=8", "model.depth=2"]),
+                                         ("detection", ["model=yolo", "model.width=8", "model.score_thresh=0.0"])])
+def test_gradcam_of_segmenters_and_detectors(tmp_path_factory, tmp_path, task, model):
+    from cvtool.data.shapes import generate_devkit
+
+    devkit = generate_devkit(tmp_path_factory.mktemp("devkit") / "devkit", num_train=8, num_val=4, image_size=128,
+                             min_objects=1, max_objects=4, min_size=12, max_size=48, seed=0)
+    common = [f"task={task}", f"dataset.root={devkit}", "dataset.synth=null", "hardware=cpu", *model]
+    train.main([*common, f"paths.runs={tmp_path / 't'}", "data.batch_size=4", "trainer.epochs=1",
+                "trainer.tensorboard=false", "plots=false"])
+    ckpt = only_run_dir(tmp_path / "t" / task / "train") / "checkpoints" / "last.pt"
+    result = visualize.main("gradcam", [*common, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'v'}",
+                                        "visualize.images=2"])
+    run = only_run_dir(tmp_path / "v" / task / "visualize")
+    maps = sorted((run / "gradcam").glob("*.npy"))
+    assert result["num_images"] == 2 and [np.load(m).shape for m in maps] == [(128, 128)] * 2
+    assert "no detection" not in result["classes"] and all(np.isfinite(np.load(m)).all() for m in maps)
+    assert (run / "gradcam.png").is_file()
+    with pytest.raises(CvtoolError, match="explains classifiers"):
+        visualize.main("occlusion", [*common, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'w'}"])

@@ -108,11 +108,14 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
         return write_curves(cfg, C.run_dir_path(run_dir) or Path("."))
     hardware = dataclasses.replace(C.setup(cfg), channels_last=False)  # captum's hooks want plain layouts
     model, task, class_names, _ = restore(cfg, hardware)
-    if task.name != "classification":
-        raise CvtoolError(f"`cvtool visualize {method}` explains classifiers; this checkpoint is a {task.name} "
-                          "model", where=str(cfg.ckpt), fix="pass a classification checkpoint")
     model = model.float().eval()
     out = C.run_dir_path(run_dir) or Path(".")
+    if task.name in ("segmentation", "detection") and method == "gradcam":
+        return dense_gradcam(cfg, model, task, class_names, hardware, out)
+    if task.name != "classification":
+        raise CvtoolError(f"`cvtool visualize {method}` explains classifiers (and segmenters with gradcam); this "
+                          f"checkpoint is a {task.name} model", where=str(cfg.ckpt),
+                          fix="pass a classification checkpoint, or use `cvtool visualize predictions`")
     if method == "filters":
         layer, kernels = features.filters(model)
         np.save(out / "filters.npy", kernels)
@@ -142,6 +145,75 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     if cfg.visualize.evaluate:
         result["faithfulness"] = evaluate_methods(cfg, model, task, class_names, hardware, out)
     return result
+
+
+def explained_region(cfg: DictConfig, model, x: torch.Tensor, class_names: list[str]):
+    """Segmentation: (scorer, class, title) for visualize.target (default: the most frequent predicted class
+    other than the background, class 0) over the pixels predicted as that class (all pixels if none)."""
+    from cvtool.tasks.dense_inference import logits_of
+
+    with torch.no_grad():
+        predicted = logits_of(model(x)).argmax(dim=1)
+    if cfg.visualize.target is not None:
+        target = int(target_classes(cfg, model, x, class_names)[0])
+    else:
+        counts = torch.bincount(predicted.flatten(), minlength=len(class_names))
+        counts[0] = 0
+        target = int(counts.argmax()) if counts.sum() > 0 else 0
+    region = predicted == target
+    if not region.any():
+        region = torch.ones_like(region)
+    return attribution.RegionScores(model, region), target, f"{class_names[target]} ({int(region.sum())} px)"
+
+
+def explained_box(model, x: torch.Tensor, class_names: list[str]):
+    """Detection: (scorer, class, title) for the image's top-scoring detection (class None: no detection)."""
+    from cvtool.tasks.detection import label_offset
+
+    scorer = attribution.BoxScores(model, len(class_names), label_offset(model))
+    with torch.no_grad():
+        detections = model(list(x))[0]
+    if not len(detections["scores"]):
+        return scorer, None, "no detection"
+    top = int(detections["scores"].argmax())
+    target = int(detections["labels"][top]) - label_offset(model)
+    box = ", ".join(f"{v:.0f}" for v in detections["boxes"][top].tolist())
+    return scorer, target, f"{class_names[target]} {float(detections['scores'][top]):.2f} [{box}]"
+
+
+def dense_gradcam(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
+    """Grad-CAM per image of a segmenter's class region (`explained_region`) or a detector's top box
+    (`explained_box`)."""
+    if cfg.source:
+        files = list_images(cfg.source)
+        dataset = task.open_source(files, None, class_names, Path(cfg.source))
+    else:
+        dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed,
+                                  classes=class_names)
+    count = min(cfg.visualize.images, len(dataset))
+    picked = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
+    pictures, maps, titles, names = [], [], [], []
+    for i in picked:
+        image = dataset[i][0].as_subclass(torch.Tensor)
+        if task.name == "segmentation":
+            x = task.normalise(image[None], hardware).contiguous()
+            scorer, target, title = explained_region(cfg, model, x, class_names)
+        else:  # torchvision-style detectors normalise [0, 1] images themselves
+            x = image[None].to(hardware.device).float().div(255)
+            scorer, target, title = explained_box(model, x, class_names)
+        if target is None:  # nothing detected above the model's score threshold: nothing to explain
+            maps.append(np.zeros(tuple(image.shape[-2:]), dtype=np.float32))
+        else:
+            cam, _ = attribution.attribute("gradcam", scorer, x, torch.tensor([target], device=x.device),
+                                           options(cfg))
+            maps.append(cam[0].float().cpu().numpy())
+        pictures.append(image.permute(1, 2, 0).expand(-1, -1, 3).numpy())
+        titles.append(title)
+        names.append(str(dataset.items[i].image_id) if hasattr(dataset, "items") else str(i))
+    write_maps(out / "gradcam", maps, names)
+    composite(out / "gradcam.png", pictures, maps, titles, "gradcam")
+    log.info("Grad-CAM of %d images written to %s (figure gradcam.png)", len(maps), out / "gradcam")
+    return {"run_dir": str(out), "method": "gradcam", "num_images": len(maps), "classes": titles}
 
 
 def write_curves(cfg: DictConfig, out: Path) -> dict:

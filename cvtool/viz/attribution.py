@@ -42,8 +42,11 @@ def without_inplace(model: nn.Module) -> nn.Module:
 
 
 def last_conv(model: nn.Module) -> str:
-    """The name of the last Conv2d in registration order (Grad-CAM's default layer)."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    """The name of the last Conv2d in registration order (Grad-CAM's default layer); a detector's: its
+    backbone's last."""
+    scope = "backbone." if hasattr(model, "backbone") else ""
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Conv2d) and name.startswith(scope)]
     if not names:
         raise CvtoolError(f"{type(model).__name__} has no convolution", where="visualize.layer",
                           fix="name a layer with visualize.layer=...")
@@ -104,7 +107,8 @@ def deconvnet(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
 def gradcam(model, images, targets, opts: Options) -> tuple[Tensor, None]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    layer = module_named(model, opts.layer or last_conv(model))
+    explained = model.model if isinstance(model, (RegionScores, BoxScores)) else model
+    layer = module_named(explained, opts.layer or last_conv(explained))
     cam = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
     return cam[:, 0], None
@@ -133,6 +137,41 @@ def occlusion(model, images, targets, opts: Options) -> tuple[Tensor, None]:
                                                                                    opts.stride),
         baselines=0.0, target=targets, perturbations_per_eval=opts.batch)
     return maps.detach()[:, 0], None
+
+
+class RegionScores(nn.Module):
+    """A segmenter seen as a classifier: per class, its logit averaged over a fixed pixel region (B x H x W
+    booleans), so classifier attributions explain "class c over this region" (Grad-CAM for segmentation)."""
+
+    def __init__(self, model: nn.Module, region: Tensor):
+        super().__init__()
+        self.model, self.region = model, region.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        output = self.model(x)
+        logits = output["out"] if isinstance(output, dict) else output
+        weights = self.region[:, None] / self.region.sum(dim=(1, 2)).clamp_min(1)[:, None, None, None]
+        return (logits * weights).sum(dim=(2, 3))
+
+
+class BoxScores(nn.Module):
+    """A detector seen as a classifier: per image, the score of its top detection in that detection's class
+    column (zeros elsewhere), so Grad-CAM explains "this box" (torchvision-style detectors in eval mode)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, offset: int = 0):
+        super().__init__()
+        self.model, self.num_classes, self.offset = model, num_classes, offset
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = []
+        for detections in self.model(list(x)):
+            row = x.new_zeros(self.num_classes)
+            if len(detections["scores"]):
+                top = int(detections["scores"].argmax())
+                row = row.index_put((detections["labels"][top:top + 1] - self.offset,),
+                                    detections["scores"][top:top + 1])
+            rows.append(row)
+        return torch.stack(rows)
 
 
 METHODS: dict[str, Callable] = {
