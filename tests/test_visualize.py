@@ -207,6 +207,9 @@ def test_curves_and_predictions_pictures(trained, tmp_path):
     visualize.main("predictions", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'p'}", "overlays=3"])
     run = only_run_dir(tmp_path / "p" / "classification" / "visualize")
     assert len(list((run / "overlays").glob("*.png"))) == 3
+    visualize.main("dataset", [*data, f"paths.runs={tmp_path / 'd'}", "overlays=2"])
+    run = only_run_dir(tmp_path / "d" / "classification" / "visualize")
+    assert len(list((run / "dataset").glob("*.png"))) == 2
 
 
 def test_region_scores_average_a_segmenters_logits_over_the_region():
@@ -239,3 +242,6 @@ def test_gradcam_of_segmenters_and_detectors(tmp_path_factory, tmp_path, task, m
     assert (run / "gradcam.png").is_file()
     with pytest.raises(CvtoolError, match="explains classifiers"):
         visualize.main("occlusion", [*common, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'w'}"])
+    assert visualize.main("dataset", [*common, f"paths.runs={tmp_path / 'd'}", "overlays=3"])["num_images"] == 3
+    run = only_run_dir(tmp_path / "d" / task / "visualize")
+    assert len(list((run / "dataset").glob("*.png"))) == 3

@@ -79,7 +79,7 @@ def export(overrides: list[str] = OVERRIDES) -> None:
 @app.command(epilog=groups_epilog())
 def visualize(method: str = typer.Argument(..., help="saliency, guided_backprop, deconvnet, gradcam, guided_gradcam, "
                                                        "occlusion, filters, activations, class_model, deepdream, "
-                                                       "adversarial, predictions, curves"),
+                                                       "adversarial, predictions, curves, dataset"),
               overrides: list[str] = OVERRIDES) -> None:
     """Explain a classifier's decisions (ckpt=PATH, source=IMAGE|DIR or the eval split): maps as .npy and PNG,
     one input | map | overlay figure; visualize.evaluate=true scores the maps (pointing game, deletion AUC)."""

@@ -31,7 +31,8 @@ from .checkpoints import checkpoint_overrides
 from .restore import restore
 
 log = logging.getLogger("cvtool.visualize")
-FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions")
+FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions",
+            "dataset")
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
 
@@ -106,6 +107,8 @@ def method_of(method: str, cfg: DictConfig) -> str:
 def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     if method == "curves":
         return write_curves(cfg, C.run_dir_path(run_dir) or Path("."))
+    if method == "dataset":
+        return draw_dataset(cfg, C.run_dir_path(run_dir) or Path("."))
     hardware = dataclasses.replace(C.setup(cfg), channels_last=False)  # captum's hooks want plain layouts
     model, task, class_names, _ = restore(cfg, hardware)
     model = model.float().eval()
@@ -214,6 +217,16 @@ def dense_gradcam(cfg: DictConfig, model, task, class_names: list[str], hardware
     composite(out / "gradcam.png", pictures, maps, titles, "gradcam")
     log.info("Grad-CAM of %d images written to %s (figure gradcam.png)", len(maps), out / "gradcam")
     return {"run_dir": str(out), "method": "gradcam", "num_images": len(maps), "classes": titles}
+
+
+def draw_dataset(cfg: DictConfig, out: Path) -> dict:
+    """The ground truth (labels, boxes, masks) of the first `overlays` images of the split, no model needed."""
+    task = C.task_from(cfg)
+    dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed)
+    count = len(dataset) if cfg.overlays is None else min(cfg.overlays, len(dataset))
+    drawn = task.draw_overlays(out / "dataset", dataset, task.ground_truth(dataset, count), count)
+    log.info("ground truth of %d images of %s written to %s", drawn, dataset.source, out / "dataset")
+    return {"run_dir": str(out), "num_images": drawn}
 
 
 def write_curves(cfg: DictConfig, out: Path) -> dict:

@@ -75,6 +75,10 @@ class ClassificationTask:
         targets = getattr(dataset, "targets", None)
         return write_classification_predictions(directory, names, logits.numpy(), targets, dataset.classes)
 
+    def ground_truth(self, dataset, count: int) -> torch.Tensor:
+        """The first `count` labels as outputs `draw_overlays` takes: one-hot logits, drawn as "class 1.00"."""
+        return F.one_hot(torch.as_tensor(dataset.targets[:count]), len(dataset.classes)).float() * 100
+
     def draw_overlays(self, directory: Path, dataset, logits: torch.Tensor, limit: int | None) -> int:
         """The first `limit` images (files only) labelled with the predicted class and its probability."""
         directory.mkdir(parents=True, exist_ok=True)

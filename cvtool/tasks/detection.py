@@ -152,6 +152,16 @@ class DetectionTask:
         dataset.transform = transform
         return dataset
 
+    def ground_truth(self, dataset: DetectionSet, count: int) -> list[dict]:
+        """The first `count` images' annotations as outputs `draw_overlays` takes (every box scored 1)."""
+        outputs = []
+        for index in range(count):
+            target = dataset[index][1]
+            outputs.append({"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"],
+                            "scores": torch.ones(len(target["labels"])),
+                            **({"masks": target["masks"][:, None].float()} if "masks" in target else {})})
+        return outputs
+
     def draw_overlays(self, directory: Path, dataset: DetectionSet, outputs: list[dict], limit: int | None) -> int:
         """The first `limit` images with their boxes, "class score" labels (and masks) above the threshold."""
         from cvtool.viz.draw import boxes_overlay

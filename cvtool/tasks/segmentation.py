@@ -107,6 +107,10 @@ class SegmentationTask:
             write_index_png(path, output["labels"].numpy())
         return [out]
 
+    def ground_truth(self, dataset: SegmentationSet, count: int) -> list[dict]:
+        """The first `count` masks as outputs `draw_overlays` takes (void 255 painted in the palette's colour)."""
+        return [{"labels": dataset[i][1].as_subclass(torch.Tensor).to(torch.uint8)} for i in range(count)]
+
     def draw_overlays(self, directory: Path, dataset: SegmentationSet, outputs: list[dict], limit: int | None) -> int:
         """The first `limit` images with the predicted classes painted over them (background left clear)."""
         from cvtool.viz.draw import class_overlay
