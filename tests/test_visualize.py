@@ -112,7 +112,8 @@ def test_filters_and_activations(trained, tmp_path):
 def test_maps_of_a_trained_model_point_at_the_object(trained, tmp_path):
     data, ckpt = trained
     result = visualize.main("gradcam", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path}", "visualize.images=1",
-                                        "visualize.evaluate=true", "visualize.eval_images=100"])
+                                        "visualize.evaluate=true", "visualize.eval_images=100",
+                                        "visualize.stride=4"])  # occlusion: 256 windows per image, not 1,024
     rows = result["faithfulness"]["methods"]
     run = only_run_dir(tmp_path / "classification" / "visualize")
     assert json.loads((run / "faithfulness.json").read_text())["methods"] == rows
