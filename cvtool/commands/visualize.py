@@ -77,19 +77,25 @@ def load_images(cfg: DictConfig, task, class_names: list[str], hardware, count: 
     return images, batch["image"].contiguous(), labels, [names[i] for i in picked], (dataset, picked)
 
 
-def target_classes(cfg: DictConfig, model, inputs: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-    """visualize.target (a class name or index) for every image, else each image's predicted class."""
+def class_index(cfg: DictConfig, class_names: list[str]) -> int | None:
+    """visualize.target (a class name or index) as an index; None when not set."""
     target = cfg.visualize.target
     if target is None:
+        return None
+    if str(target) in class_names:
+        return class_names.index(str(target))
+    if str(target).isdigit() and int(target) < len(class_names):
+        return int(target)
+    raise CvtoolError(f"visualize.target={target} is not a class of the model", where="visualize.target",
+                      fix=f"one of {class_names} or an index below {len(class_names)}")
+
+
+def target_classes(cfg: DictConfig, model, inputs: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+    """visualize.target for every image, else each image's predicted class."""
+    index = class_index(cfg, class_names)
+    if index is None:
         with torch.no_grad():
             return model(inputs).argmax(dim=1)
-    if str(target) in class_names:
-        index = class_names.index(str(target))
-    elif str(target).isdigit() and int(target) < len(class_names):
-        index = int(target)
-    else:
-        raise CvtoolError(f"visualize.target={target} is not a class of the model", where="visualize.target",
-                          fix=f"one of {class_names} or an index below {len(class_names)}")
     return torch.full((len(inputs),), index, dtype=torch.long, device=inputs.device)
 
 
@@ -157,9 +163,8 @@ def explained_region(cfg: DictConfig, model, x: torch.Tensor, class_names: list[
 
     with torch.no_grad():
         predicted = logits_of(model(x)).argmax(dim=1)
-    if cfg.visualize.target is not None:
-        target = int(target_classes(cfg, model, x, class_names)[0])
-    else:
+    target = class_index(cfg, class_names)
+    if target is None:
         counts = torch.bincount(predicted.flatten(), minlength=len(class_names))
         counts[0] = 0
         target = int(counts.argmax()) if counts.sum() > 0 else 0
@@ -290,8 +295,8 @@ def write_class_models(cfg: DictConfig, model, task, class_names: list[str], out
     """One synthesised image per class (or visualize.target): class_model/<class>.png and a grid."""
     from cvtool.viz.synthesis import class_model
 
-    classes = list(range(len(class_names))) if cfg.visualize.target is None else \
-        target_classes(cfg, model, torch.zeros(1, 1), class_names).tolist()
+    index = class_index(cfg, class_names)
+    classes = list(range(len(class_names))) if index is None else [index]
     size = int(cfg.dataset.image_size)
     images = to_pixels(task, class_model(model, classes, (int(cfg.dataset.channels), size, size), ascent(cfg),
                                          cfg.seed))
