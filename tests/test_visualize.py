@@ -103,7 +103,8 @@ def test_filters_and_activations(trained, tmp_path):
     kernels = np.load(run / "filters.npy")
     assert kernels.shape[0] == result["num_filters"] and kernels.shape[-1] == 3 and 0 <= kernels.min() <= 1
     result = visualize.main("activations", [*data, f"ckpt={ckpt}", f"paths.runs={tmp_path / 'a'}",
-                                            "visualize.images=2"])
+                                            "visualize.images=2", "visualize.layer=10"])  # a numeric name
+    assert result["layer"] == "10"
     run = only_run_dir(tmp_path / "a" / "classification" / "visualize")
     stacks = sorted((run / "activations").glob("*.npy"))
     assert len(stacks) == 2 and list(np.load(stacks[0]).shape) == result["shape"][1:]

@@ -264,7 +264,7 @@ def write_maps(directory: Path, maps: np.ndarray, names: list[str]) -> None:
 
 
 def write_activations(cfg: DictConfig, model, inputs: torch.Tensor, names: list[str], out: Path) -> dict:
-    layer = cfg.visualize.layer or attribution.last_conv(model)
+    layer = str(cfg.visualize.layer or attribution.last_conv(model))
     maps = features.activations(model, inputs, layer)
     directory = out / "activations"
     directory.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def write_dreams(cfg: DictConfig, model, task, inputs: torch.Tensor, names: list
     """DeepDream of each picked image at visualize.layer (default: the last convolution)."""
     from cvtool.viz.synthesis import deepdream
 
-    layer = cfg.visualize.layer or attribution.last_conv(model)
+    layer = str(cfg.visualize.layer or attribution.last_conv(model))
     module = attribution.module_named(model, layer)
     dreams = torch.cat([deepdream(model, module, x[None], ascent(cfg), cfg.seed) for x in inputs])
     pictures = to_pixels(task, dreams)

@@ -53,7 +53,9 @@ def last_conv(model: nn.Module) -> str:
     return names[-1]
 
 
-def module_named(model: nn.Module, name: str) -> nn.Module:
+def module_named(model: nn.Module, name: str | int) -> nn.Module:
+    """The submodule called `name` (an int from the command line, e.g. visualize.layer=10, is its string)."""
+    name = str(name)
     modules = dict(model.named_modules())
     if name not in modules:
         close = [n for n in modules if name in n][:5]
