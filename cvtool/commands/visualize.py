@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from cvtool.config import runner
 from cvtool.data.image_files import list_images
 from cvtool.errors import CvtoolError
-from cvtool.utils.atomic import atomic_write, atomic_write_text
+from cvtool.utils.atomic import atomic_write_text
 from cvtool.viz import attribution, features
-from cvtool.viz.explain_figure import composite, heat, save_png
+from cvtool.viz.explain_figure import composite, heat, save_pair, save_png
 
 from . import components as C
 from .checkpoints import checkpoint_overrides
@@ -56,25 +57,32 @@ def options(cfg: DictConfig) -> attribution.Options:
                                batch=v.batch)
 
 
+def open_images(cfg: DictConfig, task, class_names: list[str], source: bool = True):
+    """The images of source= (unless `source` is False) or of the evaluation split, untransformed."""
+    if cfg.source and source:
+        return task.open_source(list_images(cfg.source), None, class_names, Path(cfg.source))
+    return task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed,
+                           classes=class_names)
+
+
+def spread(count: int | None, total: int) -> list[int]:
+    """`count` indices spread evenly over `total` items (all of them when count is None)."""
+    count = total if count is None else min(count, total)
+    return np.linspace(0, total - 1, count).round().astype(int).tolist()
+
+
 def load_images(cfg: DictConfig, task, class_names: list[str], hardware, count: int | None, source: bool = True):
     """(uint8 B x C x H x W, normalised batch on the device, true labels or None, names, (dataset, indices)) of
     `count` images spread evenly over source= (unless `source` is False) or the evaluation split."""
-    if cfg.source and source:
-        files = list_images(cfg.source)
-        dataset = task.open_source(files, None, class_names, Path(cfg.source))
-        names = [Path(f).stem for f in files]
-    else:
-        dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed,
-                                  classes=class_names)
-        names = [Path(f).stem for f in dataset.files] if dataset.files else [str(i) for i in range(len(dataset))]
-    count = len(dataset) if count is None else min(count, len(dataset))
-    picked = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()  # spread over the classes
+    dataset = open_images(cfg, task, class_names, source)
+    picked = spread(count, len(dataset))  # spread over the classes (splits are ordered by class)
+    names = [Path(dataset.files[i]).stem if dataset.files else str(i) for i in picked]
     images = torch.stack([dataset[i][0] for i in picked])
     targets = getattr(dataset, "targets", None)
     labels = torch.as_tensor([targets[i] for i in picked]) if targets is not None else None
-    batch = task.preprocess((images, labels if labels is not None else torch.zeros(count, dtype=torch.long)),
+    batch = task.preprocess((images, labels if labels is not None else torch.zeros(len(picked), dtype=torch.long)),
                             hardware)
-    return images, batch["image"].contiguous(), labels, [names[i] for i in picked], (dataset, picked)
+    return images, batch["image"].contiguous(), labels, names, (dataset, picked)
 
 
 def class_index(cfg: DictConfig, class_names: list[str]) -> int | None:
@@ -192,14 +200,8 @@ def explained_box(model, x: torch.Tensor, class_names: list[str]):
 def dense_gradcam(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
     """Grad-CAM per image of a segmenter's class region (`explained_region`) or a detector's top box
     (`explained_box`)."""
-    if cfg.source:
-        files = list_images(cfg.source)
-        dataset = task.open_source(files, None, class_names, Path(cfg.source))
-    else:
-        dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed,
-                                  classes=class_names)
-    count = min(cfg.visualize.images, len(dataset))
-    picked = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
+    dataset = open_images(cfg, task, class_names)
+    picked = spread(cfg.visualize.images, len(dataset))
     pictures, maps, titles, names = [], [], [], []
     for i in picked:
         image = dataset[i][0].as_subclass(torch.Tensor)
@@ -257,20 +259,16 @@ def write_curves(cfg: DictConfig, out: Path) -> dict:
 
 
 def write_maps(directory: Path, maps: np.ndarray, names: list[str]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     for i, (map_, name) in enumerate(zip(maps, names)):
-        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, m=map_: np.save(f, m.astype(np.float32)))
-        save_png(directory / f"{i:04d}_{name}.png", heat(map_))
+        save_pair(directory, f"{i:04d}_{name}", map_, heat(map_))
 
 
 def write_activations(cfg: DictConfig, model, inputs: torch.Tensor, names: list[str], out: Path) -> dict:
     layer = str(cfg.visualize.layer or attribution.last_conv(model))
     maps = features.activations(model, inputs, layer)
     directory = out / "activations"
-    directory.mkdir(parents=True, exist_ok=True)
     for i, (stack, name) in enumerate(zip(maps, names)):
-        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, s=stack: np.save(f, s.astype(np.float32)))
-        save_png(directory / f"{i:04d}_{name}.png", features.tile(features.scaled(stack, (1, 2))))
+        save_pair(directory, f"{i:04d}_{name}", stack, features.tile(features.scaled(stack, (1, 2))))
     log.info("activations of %s (%s per image) written to %s", layer, "x".join(map(str, maps.shape[1:])),
              directory)
     return {"run_dir": str(out), "layer": layer, "shape": list(maps.shape)}
@@ -301,10 +299,8 @@ def write_class_models(cfg: DictConfig, model, task, class_names: list[str], out
     images = to_pixels(task, class_model(model, classes, (int(cfg.dataset.channels), size, size), ascent(cfg),
                                          cfg.seed))
     directory = out / "class_model"
-    directory.mkdir(parents=True, exist_ok=True)
     for image, k in zip(images, classes):
-        atomic_write(directory / f"{class_names[k]}.npy", lambda f, x=image: np.save(f, x.astype(np.float32)))
-        save_png(directory / f"{class_names[k]}.png", image.squeeze())
+        save_pair(directory, class_names[k], image, image.squeeze())
     save_png(out / "class_model.png", features.tile(features.scaled(images, (1, 2, 3)), pad=2).squeeze())
     log.info("class models of %d classes written to %s", len(classes), directory)
     return {"run_dir": str(out), "classes": [class_names[k] for k in classes], "shape": list(images.shape)}
@@ -319,10 +315,8 @@ def write_dreams(cfg: DictConfig, model, task, inputs: torch.Tensor, names: list
     dreams = torch.cat([deepdream(model, module, x[None], ascent(cfg), cfg.seed) for x in inputs])
     pictures = to_pixels(task, dreams)
     directory = out / "deepdream"
-    directory.mkdir(parents=True, exist_ok=True)
     for i, (picture, name) in enumerate(zip(pictures, names)):
-        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, x=picture: np.save(f, x.astype(np.float32)))
-        save_png(directory / f"{i:04d}_{name}.png", picture.squeeze())
+        save_pair(directory, f"{i:04d}_{name}", picture, picture.squeeze())
     pairs = np.concatenate([to_pixels(task, inputs), pictures], axis=2)  # input | dream, side by side
     save_png(out / "deepdream.png", features.tile(pairs, pad=2).squeeze())
     log.info("DeepDream of %d images at layer %s written to %s", len(names), layer, directory)
@@ -349,11 +343,9 @@ def write_adversarial(cfg: DictConfig, model, task, class_names: list[str], hard
         p_clean, p_adv = (torch.softmax(pixel_model(x), dim=1).cpu() for x in (clean, perturbed))
     after = p_adv.argmax(dim=1)
     directory = out / "adversarial"
-    directory.mkdir(parents=True, exist_ok=True)
     as_hwc = perturbed.permute(0, 2, 3, 1).cpu().numpy()
     for i, name in enumerate(names):
-        atomic_write(directory / f"{i:04d}_{name}.npy", lambda f, x=as_hwc[i]: np.save(f, x.astype(np.float32)))
-        save_png(directory / f"{i:04d}_{name}.png", as_hwc[i].squeeze())
+        save_pair(directory, f"{i:04d}_{name}", as_hwc[i], as_hwc[i].squeeze())
     def title(p, k):
         return f"{class_names[k]} {float(p[k]):.2f}"
 
@@ -393,8 +385,6 @@ def object_masks(cfg: DictConfig, dataset, picked: list[int]) -> np.ndarray:
             raise CvtoolError("no object mask for this image", where=str(path),
                               fix="visualize.evaluate=true needs <root>/masks/<split>/<class>/<file> (the shapes "
                                   "generator writes them)")
-        from PIL import Image
-
         masks.append(np.asarray(Image.open(path).convert("L")) > 0)
     return np.stack(masks)
 

@@ -25,14 +25,37 @@ def save_png(path: Path, rgb: np.ndarray) -> Path:
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
-def composite(path: Path, images: np.ndarray, maps: np.ndarray, titles: list[str], method: str,
-              raw: np.ndarray | None = None, alpha: float = 0.5) -> Path:
-    """One row per image: input | map | overlay (| signed map). images: B x H x W x 3 uint8; maps: B x H x W."""
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and close `fig`."""
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        fig.clf()
+        pyplot().close(fig)
+
+
+def save_pair(directory: Path, stem: str, array: np.ndarray, picture: np.ndarray) -> None:
+    """`<stem>.npy` (float32 `array`) and `<stem>.png` (`picture` in [0, 1]) in `directory`, both atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / f"{stem}.npy", lambda f: np.save(f, np.asarray(array, dtype=np.float32)))
+    save_png(directory / f"{stem}.png", picture)
+
+
+def composite(path: Path, images: np.ndarray, maps: np.ndarray, titles: list[str], method: str,
+              raw: np.ndarray | None = None, alpha: float = 0.5) -> Path:
+    """One row per image: input | map | overlay (| signed map). images: B x H x W x 3 uint8; maps: B x H x W."""
+    plt = pyplot()
     columns = ["input", method, "overlay"] + (["signed, per channel"] if raw is not None else [])
     fig, axes = plt.subplots(len(images), len(columns), figsize=(2.4 * len(columns), 2.4 * len(images)),
                              squeeze=False)
@@ -49,22 +72,14 @@ def composite(path: Path, images: np.ndarray, maps: np.ndarray, titles: list[str
             if row == 0:
                 axes[row, col].set_title(columns[col], fontsize=9)
         axes[row, 0].set_ylabel(title, fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def adversarial_figure(path: Path, clean: np.ndarray, adversarial: np.ndarray, clean_titles: list[str],
                        adversarial_titles: list[str], epsilon: float) -> Path:
     """One row per image: clean | adversarial | perturbation amplified to the full range. Images B x H x W x C in
     [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(clean), 3, figsize=(7.5, 2.5 * len(clean)), squeeze=False)
     for row in range(len(clean)):
         delta = 0.5 + 0.5 * (adversarial[row] - clean[row]) / max(epsilon, 1e-12)
@@ -75,19 +90,11 @@ def adversarial_figure(path: Path, clean: np.ndarray, adversarial: np.ndarray, c
             axes[row, col].set_title(title, fontsize=8)
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def accuracy_plot(path: Path, epsilons: list[float], accuracy: list[float], attack: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epsilons, accuracy, marker="o")
     ax.set_xlabel("epsilon (pixel units, L-inf)")
@@ -95,8 +102,4 @@ def accuracy_plot(path: Path, epsilons: list[float], accuracy: list[float], atta
     ax.set_ylim(0, 1)
     ax.set_title(f"{attack.upper()}: accuracy vs epsilon")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
