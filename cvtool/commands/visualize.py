@@ -35,6 +35,7 @@ log = logging.getLogger("cvtool.visualize")
 FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions",
             "dataset")
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
+ATTRIBUTIONS = ("saliency", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam", "occlusion")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
 
 
@@ -127,12 +128,12 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     model, task, class_names, _ = restore(cfg, hardware)
     model = model.float().eval()
     out = C.run_dir_path(run_dir) or Path(".")
-    if task.name in ("segmentation", "detection") and method == "gradcam":
-        return dense_gradcam(cfg, model, task, class_names, hardware, out)
-    if task.name != "classification":
-        raise CvtoolError(f"`cvtool visualize {method}` explains classifiers (and segmenters with gradcam); this "
-                          f"checkpoint is a {task.name} model", where=str(cfg.ckpt),
-                          fix="pass a classification checkpoint, or use `cvtool visualize predictions`")
+    if task.name != "classification" and method in ATTRIBUTIONS:
+        return dense_attribution(method_of(method, cfg), cfg, model, task, class_names, hardware, out)
+    if task.name != "classification" and method != "filters":
+        raise CvtoolError(f"`cvtool visualize {method}` needs a classifier; this checkpoint is a {task.name} model",
+                          where=str(cfg.ckpt), fix=f"for {task.name} models use one of "
+                          f"{', '.join((*ATTRIBUTIONS, 'filters', 'predictions'))}")
     if method == "filters":
         layer, kernels = features.filters(model)
         np.save(out / "filters.npy", kernels)
@@ -186,23 +187,25 @@ def explained_box(model, x: torch.Tensor, class_names: list[str]):
     """Detection: (scorer, class, title) for the image's top-scoring detection (class None: no detection)."""
     from cvtool.tasks.detection import label_offset
 
-    scorer = attribution.BoxScores(model, len(class_names), label_offset(model))
     with torch.no_grad():
         detections = model(list(x))[0]
     if not len(detections["scores"]):
-        return scorer, None, "no detection"
+        return None, None, "no detection"
     top = int(detections["scores"].argmax())
     target = int(detections["labels"][top]) - label_offset(model)
-    box = ", ".join(f"{v:.0f}" for v in detections["boxes"][top].tolist())
-    return scorer, target, f"{class_names[target]} {float(detections['scores'][top]):.2f} [{box}]"
+    box = detections["boxes"][top:top + 1]
+    scorer = attribution.BoxScores(model, len(class_names), label_offset(model), box, torch.tensor([target]))
+    corners = ", ".join(f"{v:.0f}" for v in box[0].tolist())
+    return scorer, target, f"{class_names[target]} {float(detections['scores'][top]):.2f} [{corners}]"
 
 
-def dense_gradcam(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
-    """Grad-CAM per image of a segmenter's class region (`explained_region`) or a detector's top box
-    (`explained_box`)."""
+def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: list[str], hardware,
+                      out: Path) -> dict:
+    """An attribution map per image of a segmenter's class region (`explained_region`) or a detector's top box
+    (`explained_box`): the model is seen as a classifier of that one score."""
     dataset = open_images(cfg, task, class_names)
     picked = spread(cfg.visualize.images, len(dataset))
-    pictures, maps, titles, names = [], [], [], []
+    pictures, maps, raws, titles, names = [], [], [], [], []
     for i in picked:
         image = dataset[i][0].as_subclass(torch.Tensor)
         if task.name == "segmentation":
@@ -213,17 +216,20 @@ def dense_gradcam(cfg: DictConfig, model, task, class_names: list[str], hardware
             scorer, target, title = explained_box(model, x, class_names)
         if target is None:  # nothing detected above the model's score threshold: nothing to explain
             maps.append(np.zeros(tuple(image.shape[-2:]), dtype=np.float32))
+            raws.append(np.zeros(tuple(x.shape[1:]), dtype=np.float32))
         else:
-            cam, _ = attribution.attribute("gradcam", scorer, x, torch.tensor([target], device=x.device),
-                                           options(cfg))
+            cam, raw = attribution.attribute(method, scorer, x, torch.tensor([target], device=x.device),
+                                             options(cfg))
             maps.append(cam[0].float().cpu().numpy())
+            raws.append(None if raw is None else raw[0].float().cpu().numpy())
         pictures.append(image.permute(1, 2, 0).expand(-1, -1, 3).numpy())
         titles.append(title)
         names.append(str(dataset.items[i].image_id) if hasattr(dataset, "items") else str(i))
-    write_maps(out / "gradcam", maps, names)
-    composite(out / "gradcam.png", pictures, maps, titles, "gradcam")
-    log.info("Grad-CAM of %d images written to %s (figure gradcam.png)", len(maps), out / "gradcam")
-    return {"run_dir": str(out), "method": "gradcam", "num_images": len(maps), "classes": titles}
+    write_maps(out / method, maps, names)
+    composite(out / f"{method}.png", pictures, maps, titles, method,
+              None if any(r is None for r in raws) else np.stack(raws))
+    log.info("%s maps of %d images written to %s (figure %s.png)", method, len(maps), out / method, method)
+    return {"run_dir": str(out), "method": method, "num_images": len(maps), "classes": titles}
 
 
 def draw_dataset(cfg: DictConfig, out: Path) -> dict:
@@ -264,7 +270,7 @@ def write_maps(directory: Path, maps: np.ndarray, names: list[str]) -> None:
 
 
 def write_activations(cfg: DictConfig, model, inputs: torch.Tensor, names: list[str], out: Path) -> dict:
-    layer = str(cfg.visualize.layer or attribution.last_conv(model))
+    layer = str(cfg.visualize.layer or attribution.last_conv_block(model))
     maps = features.activations(model, inputs, layer)
     directory = out / "activations"
     for i, (stack, name) in enumerate(zip(maps, names)):
@@ -310,7 +316,7 @@ def write_dreams(cfg: DictConfig, model, task, inputs: torch.Tensor, names: list
     """DeepDream of each picked image at visualize.layer (default: the last convolution)."""
     from cvtool.viz.synthesis import deepdream
 
-    layer = str(cfg.visualize.layer or attribution.last_conv(model))
+    layer = str(cfg.visualize.layer or attribution.last_conv_block(model))
     module = attribution.module_named(model, layer)
     dreams = torch.cat([deepdream(model, module, x[None], ascent(cfg), cfg.seed) for x in inputs])
     pictures = to_pixels(task, dreams)
@@ -389,33 +395,52 @@ def object_masks(cfg: DictConfig, dataset, picked: list[int]) -> np.ndarray:
     return np.stack(masks)
 
 
+def paired_interval(differences: np.ndarray) -> dict:
+    """Mean of per-image differences with a normal 95% confidence interval (below random when `high` < 0)."""
+    mean = float(differences.mean())
+    half = 1.96 * float(differences.std(ddof=1)) / np.sqrt(len(differences)) if len(differences) > 1 else 0.0
+    return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+
 def evaluate_methods(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
     """Pointing game and deletion AUC of each scored method on the split, with chance and random order."""
-    from cvtool.viz.faithfulness import deletion_auc, pointing_hits
+    from cvtool.viz.faithfulness import blurred, deletion_auc, pointing_hits
 
     _, inputs, labels, _, (dataset, picked) = load_images(cfg, task, class_names, hardware,
                                                           cfg.visualize.eval_images, source=False)
     masks = object_masks(cfg, dataset, picked)
     labels = labels.to(inputs.device)
     steps, batch = cfg.visualize.deletion_steps, cfg.visualize.batch
-    rows = {"chance / random": {"pointing_game": float(masks.mean()),
-                                "deletion_auc": float(np.mean(np.concatenate([
-                                    deletion_auc(model, inputs[i:i + batch], labels[i:i + batch], None, steps,
-                                                 cfg.seed) for i in range(0, len(inputs), batch)])))}}
+    blur = cfg.visualize.deletion_blur
+    fill = blurred(inputs, blur) if blur else None
+
+    def aucs(maps: np.ndarray | None) -> np.ndarray:
+        return np.concatenate([deletion_auc(model, inputs[i:i + batch], labels[i:i + batch],
+                                            None if maps is None else maps[i:i + batch], steps, cfg.seed,
+                                            None if fill is None else fill[i:i + batch])
+                               for i in range(0, len(inputs), batch)])
+
+    random_order = aucs(None)
+    rows = {"chance / random": {"pointing_game": float(masks.mean()), "deletion_auc": float(random_order.mean())}}
     for name in SCORED:
         maps = np.concatenate([attribution.attribute(name, model, inputs[i:i + batch], labels[i:i + batch],
                                                      options(cfg))[0].float().cpu().numpy()
                                for i in range(0, len(inputs), batch)])
-        auc = np.concatenate([deletion_auc(model, inputs[i:i + batch], labels[i:i + batch], maps[i:i + batch],
-                                           steps) for i in range(0, len(inputs), batch)])
-        rows[name] = {"pointing_game": float(pointing_hits(maps, masks).mean()), "deletion_auc": float(auc.mean())}
-    table = Table(title=f"attribution quality on {len(inputs)} images of {dataset.source} (true class)")
+        auc = aucs(maps)
+        rows[name] = {"pointing_game": float(pointing_hits(maps, masks).mean()), "deletion_auc": float(auc.mean()),
+                      "deletion_vs_random": paired_interval(auc - random_order)}
+    removal = f"blurred (sigma {blur})" if blur else "grey"
+    table = Table(title=f"attribution quality on {len(inputs)} images of {dataset.source} (true class; deleted "
+                        f"pixels {removal})")
     table.add_column("method")
     table.add_column("pointing game (higher is better)", justify="right")
     table.add_column("deletion AUC (lower is better)", justify="right")
+    table.add_column("deletion - random, 95% CI", justify="right")
     for name, row in rows.items():
-        table.add_row(name, f"{row['pointing_game']:.3f}", f"{row['deletion_auc']:.3f}")
+        low, high = row.get("deletion_vs_random", {}).get("ci95", (None, None))
+        table.add_row(name, f"{row['pointing_game']:.3f}", f"{row['deletion_auc']:.3f}",
+                      "" if low is None else f"[{low:+.3f}, {high:+.3f}]")
     Console().print(table)
-    result = {"num_images": len(inputs), "methods": rows}
+    result = {"num_images": len(inputs), "deletion_fill": removal, "methods": rows}
     atomic_write_text(out / "faithfulness.json", json.dumps(result, indent=2))
     return result

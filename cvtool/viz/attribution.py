@@ -53,6 +53,31 @@ def last_conv(model: nn.Module) -> str:
     return names[-1]
 
 
+BLOCK_TAIL = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU,
+              nn.GELU, nn.Hardswish, nn.ELU)
+
+
+def last_conv_block(model: nn.Module) -> str:
+    """Grad-CAM's default layer: the output of the last convolution's block, i.e. its rectified feature maps as
+    in Selvaraju et al. (a plain stack: the norm/activation layers right after the conv; a residual block such
+    as ResNet's Bottleneck: the block itself), not the raw conv output, whose sign a following BatchNorm can
+    flip."""
+    name = last_conv(model)
+    modules = dict(model.named_modules())
+    parent_name, _, child = name.rpartition(".")
+    parent = modules[parent_name]
+    if not isinstance(parent, nn.Sequential):  # a block module (or the model itself, or a list of convs)
+        plain = not parent_name or isinstance(parent, nn.ModuleList | nn.ModuleDict)
+        return name if plain else parent_name
+    children = list(parent.named_children())
+    index = [n for n, _ in children].index(child)
+    for sibling, module in children[index + 1:]:
+        if not isinstance(module, BLOCK_TAIL):
+            break
+        child = sibling
+    return f"{parent_name}.{child}" if parent_name else child
+
+
 def module_named(model: nn.Module, name: str | int) -> nn.Module:
     """The submodule called `name` (an int from the command line, e.g. visualize.layer=10, is its string)."""
     name = str(name)
@@ -106,12 +131,17 @@ def deconvnet(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
     return _channel_max(raw), raw
 
 
+def explained_layer(model: nn.Module, opts: Options) -> nn.Module:
+    """opts.layer (default: the last conv block) of the explained network; a wrapper's (RegionScores, BoxScores)
+    is its model's."""
+    explained = model.model if isinstance(model, (RegionScores, BoxScores)) else model
+    return module_named(explained, opts.layer or last_conv_block(explained))
+
+
 def gradcam(model, images, targets, opts: Options) -> tuple[Tensor, None]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    explained = model.model if isinstance(model, (RegionScores, BoxScores)) else model
-    layer = module_named(explained, opts.layer or last_conv(explained))
-    cam = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=True)
+    cam = LayerGradCam(model, explained_layer(model, opts)).attribute(images, target=targets, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
     return cam[:, 0], None
 
@@ -120,14 +150,19 @@ def guided_gradcam(model, images, targets, opts: Options) -> tuple[Tensor, Tenso
     from captum.attr import GuidedGradCam
 
     plain = without_inplace(model)
-    layer = module_named(plain, opts.layer or last_conv(plain))
-    raw = GuidedGradCam(plain, layer).attribute(images, target=targets).detach()
+    raw = GuidedGradCam(plain, explained_layer(plain, opts)).attribute(images, target=targets).detach()
     return _channel_max(raw), raw
 
 
 def _pixels(value: float, h: int, w: int) -> int:
     """A window size or step: pixels when >= 1, else a fraction of the shorter image side."""
     return max(1, round(value if value >= 1 else value * min(h, w)))
+
+
+def probabilities(model: nn.Module, images: Tensor) -> Tensor:
+    """Class probabilities: the softmax of a classifier's logits; a detector's box scores as they are."""
+    scores = model(images).float()
+    return scores if isinstance(model, BoxScores) else F.softmax(scores, dim=1)
 
 
 def occlusion(model, images, targets, opts: Options) -> tuple[Tensor, None]:
@@ -141,7 +176,7 @@ def occlusion(model, images, targets, opts: Options) -> tuple[Tensor, None]:
     centres = [(cy, cx) for cy in range(0, h, stride) for cx in range(0, w, stride)]
     maps = []
     with torch.no_grad():
-        base = F.softmax(model(images).float(), dim=1)[torch.arange(b), targets]
+        base = probabilities(model, images)[torch.arange(b), targets]
         for image, target, p0 in zip(images, targets, base):
             drops = []
             for first in range(0, len(centres), opts.batch):
@@ -150,7 +185,7 @@ def occlusion(model, images, targets, opts: Options) -> tuple[Tensor, None]:
                 for k, (cy, cx) in enumerate(chunk):
                     top, left = max(cy - patch // 2, 0), max(cx - patch // 2, 0)
                     occluded[k, :, top:cy - patch // 2 + patch, left:cx - patch // 2 + patch] = 0
-                drops.append(p0 - F.softmax(model(occluded).float(), dim=1)[:, target])
+                drops.append(p0 - probabilities(model, occluded)[:, target])
             grid = torch.cat(drops).view(len(range(0, h, stride)), len(range(0, w, stride)))
             rows = (torch.arange(h, device=grid.device) / stride).round().long().clamp(max=grid.shape[0] - 1)
             cols = (torch.arange(w, device=grid.device) / stride).round().long().clamp(max=grid.shape[1] - 1)
@@ -174,22 +209,31 @@ class RegionScores(nn.Module):
 
 
 class BoxScores(nn.Module):
-    """A detector seen as a classifier: per image, the score of its top detection in that detection's class
-    column (zeros elsewhere), so Grad-CAM explains "this box" (torchvision-style detectors in eval mode)."""
+    """A detector seen as a classifier of one chosen box (B x 4, x1 y1 x2 y2, in one class per image): per image,
+    the highest score among its detections of that class overlapping the box by IoU >= `iou`, in that class's
+    column (zeros elsewhere; 0 when the box is no longer detected), so attributions explain "this box"
+    (torchvision-style detectors in eval mode). A batch of one box explains every image against that box (the
+    occluded copies of one image). Its outputs are probabilities already (occlusion reads them without a
+    softmax)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, offset: int = 0):
+    def __init__(self, model: nn.Module, num_classes: int, offset: int, boxes: Tensor, labels: Tensor,
+                 iou: float = 0.5):
         super().__init__()
-        self.model, self.num_classes, self.offset = model, num_classes, offset
+        self.model, self.num_classes, self.offset, self.iou = model, num_classes, offset, iou
+        self.boxes, self.labels = boxes, labels
 
     def forward(self, x: Tensor) -> Tensor:
+        from torchvision.ops import box_iou
+
         rows = []
-        for detections in self.model(list(x)):
-            row = x.new_zeros(self.num_classes)
-            if len(detections["scores"]):
-                top = int(detections["scores"].argmax())
-                row = row.index_put((detections["labels"][top:top + 1] - self.offset,),
-                                    detections["scores"][top:top + 1])
-            rows.append(row)
+        for i, detections in enumerate(self.model(list(x))):
+            j = i if len(self.boxes) > 1 else 0
+            label = int(self.labels[j])
+            same = (detections["labels"] - self.offset == label) & (
+                box_iou(detections["boxes"].detach(), self.boxes[j:j + 1])[:, 0] >= self.iou)
+            score = detections["scores"][same].max() if bool(same.any()) else x.new_zeros(())
+            rows.append(x.new_zeros(self.num_classes).index_put((torch.tensor([label], device=x.device),),
+                                                                score.reshape(1)))
         return torch.stack(rows)
 
 

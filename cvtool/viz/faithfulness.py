@@ -17,11 +17,11 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def deletion_auc(model: nn.Module, images: Tensor, targets: Tensor, maps: np.ndarray | None, steps: int = 16,
-                 seed: int = 0) -> np.ndarray:
-    """B areas under the target-probability curve as pixels are replaced by grey (0 after normalisation) in
-    order of the map (highest first; equal values in random order), or in a seeded random order when `maps` is
-    None; fractions 0, 1/steps,
-    ..., 1, trapezoidal rule (lower = the map found what the model relies on)."""
+                 seed: int = 0, fill: Tensor | None = None) -> np.ndarray:
+    """B areas under the target-probability curve as pixels are replaced by `fill` (default grey, 0 after
+    normalisation; `blurred` gives a blurred copy) in order of the map (highest first; equal values in random
+    order), or in a seeded random order when `maps` is None; fractions 0, 1/steps, ..., 1, trapezoidal rule
+    (lower = the map found what the model relies on)."""
     b, _, h, w = images.shape
     keys = [np.random.default_rng([seed, i]).random(h * w) for i in range(b)]  # random order (among ties)
     if maps is None:
@@ -34,6 +34,17 @@ def deletion_auc(model: nn.Module, images: Tensor, targets: Tensor, maps: np.nda
     curve = []
     for k in range(steps + 1):
         kept = (rank >= round(k * h * w / steps)).to(images.dtype)
-        probs = F.softmax(model(images * kept).float(), dim=1)
+        removed = images * kept if fill is None else images * kept + fill * (1 - kept)
+        probs = F.softmax(model(removed).float(), dim=1)
         curve.append(probs[torch.arange(b), targets].cpu().numpy())
     return np.trapezoid(np.stack(curve, axis=1), dx=1 / steps, axis=1)
+
+
+def blurred(images: Tensor, sigma: float) -> Tensor:
+    """A Gaussian blur of the batch, sigma a fraction (< 1) of the shorter image side or pixels: deleted pixels
+    filled from it lose their detail without drawing the deletion mask's outline as a new, sharp shape."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    sigma = sigma * min(images.shape[-2:]) if sigma < 1 else sigma
+    size = 2 * int(np.ceil(3 * sigma)) + 1
+    return gaussian_blur(images, [size, size], [sigma, sigma])
