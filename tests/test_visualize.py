@@ -251,3 +251,12 @@ def test_gradcam_of_segmenters_and_detectors(tmp_path_factory, tmp_path, task, m
     assert visualize.main("dataset", [*common, f"paths.runs={tmp_path / 'd'}", "overlays=3"])["num_images"] == 3
     run = only_run_dir(tmp_path / "d" / task / "visualize")
     assert len(list((run / "dataset").glob("*.png"))) == 3
+
+
+def test_gradcams_default_layer_is_the_last_conv_blocks_rectified_output():
+    from cvtool.models import create_model
+    from cvtool.viz.attribution import last_conv_block
+
+    assert last_conv_block(create_model("shapes_cnn", num_classes=5)) == "19"  # conv 17 -> BatchNorm -> ReLU 19
+    assert last_conv_block(create_model("resnet18", num_classes=5)) == "layer4.1"  # the residual block (+ ReLU)
+    assert last_conv_block(create_model("vgg11", num_classes=5)) == "features.19"  # conv 18 -> ReLU 19
