@@ -90,3 +90,19 @@ def test_job_errors_propagate_unchanged(tmp_path):
 
     with pytest.raises(CvtoolError, match="boom"):
         runner.run("train", [f"paths.runs={tmp_path}"], job)
+
+
+def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn"])
+    assert (cfg.trainer.epochs, cfg.data.batch_size) == (2, 16)  # shapes_det's faster_rcnn row
+    cfg = runner.compose("train", ["task=detection", "model=ssdlite"])
+    assert (cfg.trainer.epochs, cfg.data.batch_size) == (12, 32)  # its default row
+    cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg"])
+    assert cfg.task.dice_weight == 0.0  # `${recipe:dice_weight,0.0}`: no row has it
+    cfg = runner.compose("train", ["task=segmentation", "+dataset.recipe.default.dice_weight=0.5"])
+    assert cfg.task.dice_weight == 0.5
+    cfg = runner.compose("train", ["task=segmentation", "model=unet"])  # shapes' unet row: its own augmentation
+    assert cfg.model.aux and (cfg.task.aux_weight, cfg.task.dice_weight) == (1.0, 1.0)
+    assert len(cfg.dataset.train_transforms) == 1
+    cfg = runner.compose("train", ["task=segmentation", "model=unet", "dataset=voc_seg"])
+    assert not cfg.model.aux and cfg.task.aux_weight == 0.5 and len(cfg.dataset.train_transforms) > 1

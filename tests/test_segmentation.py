@@ -173,3 +173,15 @@ def test_uncached_items_read_the_same_masks_as_cached_ones(devkit):
     assert read.masks is None and len(read) == len(kept) == 4
     for (image_a, mask_a), (image_b, mask_b) in zip(kept, read):
         assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b) and mask_a.dtype == torch.int64
+
+
+def test_soft_dice_loss_by_hand_ignores_void_and_weighs_classes_equally():
+    from cvtool.tasks.segmentation import soft_dice_loss
+
+    mask = torch.tensor([[[0, 0, 1, 255]]])  # 1 x 1 x 4: three labelled pixels and a void one
+    confident = torch.tensor([[[9.0, 9.0, -9.0, -9.0]], [[-9.0, -9.0, 9.0, 9.0]]])[None] * 10  # 1 x 2 x 1 x 4
+    assert float(soft_dice_loss(confident, mask, 255)) == pytest.approx(0.0, abs=1e-6)  # void pixel not counted
+    uniform = torch.zeros(1, 2, 1, 4)  # p = 0.5 everywhere: class 0 overlap 1, class 1 overlap 0.5
+    dice0 = (2 * 1.0 + 1) / (1.5 + 2 + 1)
+    dice1 = (2 * 0.5 + 1) / (1.5 + 1 + 1)
+    assert float(soft_dice_loss(uniform, mask, 255)) == pytest.approx(1 - (dice0 + dice1) / 2, abs=1e-6)

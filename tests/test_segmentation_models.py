@@ -69,6 +69,7 @@ def assert_trained(model: nn.Module) -> None:
 @pytest.mark.parametrize("name, options", [
     ("unet", TINY["unet"]),
     ("unet", {**TINY["unet"], "padding": "valid"}),
+    ("unet", {**TINY["unet"], "aux": True}),
     ("segnet", TINY["segnet"]),
     ("dilated", TINY["dilated"]),
     ("fcn8s", TINY["fcn8s"]),
@@ -78,6 +79,9 @@ def test_our_models_train_and_return_input_size_logits(name, options):
     model = create_model(name, num_classes=K, **options)
     x = torch.randn(2, 3, H, W)
     output = train_step(model, x)
+    if options.get("aux"):  # deep supervision: bottleneck scores as a second, input-size output in training
+        assert set(output) == {"out", "aux"} and output["aux"].shape == (2, K, H, W)
+        output = output["out"]
     assert isinstance(output, torch.Tensor) and output.shape == (2, K, H, W)
     assert_trained(model)
     assert eval_logits(model, x).shape == (2, K, H, W)

@@ -23,12 +23,15 @@ CONFIG_NAME = "config"
 Job = Callable[[DictConfig, "Path | None"], Any]
 
 
-def _recipe(key: str, *, _root_: DictConfig) -> Any:
+def _recipe(key: str, *fallback: Any, _root_: DictConfig) -> Any:
     """`${recipe:KEY}`: KEY of the dataset's training recipe for the chosen model (dataset.recipe.<model name>),
-    else of its default row (dataset.recipe.default): detection runs sized per model and per dataset."""
+    else of its default row (dataset.recipe.default): runs sized per model and per dataset. `${recipe:KEY,VALUE}`:
+    VALUE where neither row has KEY."""
     rows = _root_.dataset.recipe
     row = rows.get(_root_.model.name) if "model" in _root_ else None
-    return row[key] if row is not None and key in row else rows.default[key]
+    if row is not None and key in row:
+        return row[key]
+    return rows.default[key] if key in rows.default or not fallback else fallback[0]
 
 
 if not OmegaConf.has_resolver("recipe"):

@@ -106,7 +106,7 @@ class UNet(nn.Module):
     """U-Net with ``depth`` poolings; level i has ``width * 2**i`` channels (the bottleneck ``width * 2**depth``)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 4, width: int = 64,
-                 padding: str = "same", batch_norm: bool = True):
+                 padding: str = "same", batch_norm: bool = True, aux: bool = False):
         super().__init__()
         self.depth, self.padding = depth, padding
         pad = 1 if padding == "same" else 0
@@ -118,6 +118,8 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in levels)
         self.decode = nn.ModuleList(double_conv(2 * chans[i], chans[i], pad, batch_norm) for i in levels)
         self.head = nn.Conv2d(width, num_classes, 1)
+        # deep supervision: class scores of the bottleneck, upsampled, as an auxiliary loss in training only
+        self.aux_head = nn.Conv2d(chans[-1], num_classes, 1) if aux else None
         init_convs(self)
 
     def _pad_input(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -138,21 +140,27 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.down[-1](x)
+        bottleneck = x
         for up, block, skip in zip(self.up, self.decode, reversed(skips)):
             x = up(x)
             x = block(torch.cat([center_crop(skip, x.shape[-2:]), x], 1))
-        return crop(self.head(x), top, left, h, w)
+        out = crop(self.head(x), top, left, h, w)
+        if self.aux_head is None or not self.training:
+            return out
+        aux = F.interpolate(self.aux_head(bottleneck), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": out, "aux": crop(aux, top, left, h, w)}
 
 
 @register_model("unet", task="segmentation", min_size=1,
                 description="U-Net (Ronneberger et al. 2015), same or valid (overlap-tile) convolutions")
 def unet(num_classes: int, in_channels: int = 3, weights: str | None = None, *, depth: int = 4, width: int = 64,
-         padding: str = "same", batch_norm: bool = True) -> UNet:
-    """``depth`` poolings, ``width`` first-level channels (doubling per level), ``padding`` same | valid."""
+         padding: str = "same", batch_norm: bool = True, aux: bool = False) -> UNet:
+    """``depth`` poolings, ``width`` first-level channels (doubling per level), ``padding`` same | valid,
+    ``aux``: an auxiliary (deep supervision) head on the bottleneck in training."""
     reject_weights_name("unet", weights)
     if padding not in PADDINGS:
         raise CvtoolError(f"unet padding must be one of {', '.join(PADDINGS)}, got {padding!r}",
                           where="model.padding", fix="use same (padded convs) or valid (the paper's)")
     if depth < 1:
         raise CvtoolError(f"unet depth must be >= 1, got {depth}", where="model.depth", fix="use 4 as in the paper")
-    return UNet(num_classes, in_channels, depth=depth, width=width, padding=padding, batch_norm=batch_norm)
+    return UNet(num_classes, in_channels, depth=depth, width=width, padding=padding, batch_norm=batch_norm, aux=aux)

@@ -25,6 +25,18 @@ from .dense_inference import dense_scores
 from .images import Normaliser, registry_model
 
 
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int, smooth: float = 1.0) -> torch.Tensor:
+    """1 - the mean over classes of the soft Dice coefficient (Milletari et al. 2016) of the softmax and the
+    one-hot mask over the batch's non-void pixels: every class weighs the same, however few its pixels, which
+    shortens the all-background phase of training on small objects."""
+    valid = (mask != ignore_index).unsqueeze(1)
+    probs = logits.softmax(dim=1) * valid
+    one_hot = F.one_hot(torch.where(valid[:, 0], mask, 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    overlap = (probs * one_hot).sum(dims)
+    return 1 - ((2 * overlap + smooth) / (probs.sum(dims) + one_hot.sum(dims) + smooth)).mean()
+
+
 class SegmentationTask:
     name = "segmentation"
     amp_inference = True
@@ -74,8 +86,11 @@ class SegmentationTask:
         return batch["image"].shape[0]
 
     def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (void ignored), plus task.dice_weight x the soft Dice loss."""
         ignore = self.ignore_index if self.ignore_index is not None else -100
-        return F.cross_entropy(logits.float(), mask, ignore_index=ignore)
+        loss = F.cross_entropy(logits.float(), mask, ignore_index=ignore)
+        weight = self.cfg.get("dice_weight") or 0.0
+        return loss + weight * soft_dice_loss(logits.float(), mask, ignore) if weight else loss
 
     def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         output = model(batch["image"])
