@@ -94,3 +94,11 @@ def test_bad_input_size_is_a_clear_error():
         inspect_model.inspect(runner.compose("inspect", ["model=resnet18", "input_size=big"]))
     with pytest.raises(CvtoolError, match="does not run on a 8x8 input"):
         inspect_model.inspect(runner.compose("inspect", ["model=alexnet", "input_size=8"]))
+
+
+def test_a_models_task_is_implied_by_its_name():
+    """`cvtool inspect model=unet` needs no task=segmentation (the registry knows unet is a segmenter)."""
+    summary = inspect_model.main(["model=unet", "input_size=64"])
+    assert tuple(summary.layers[-1].shape[-2:]) == (64, 64)
+    assert inspect_model.with_models_task(["model=yolo"]) == ["task=detection", "model=yolo"]
+    assert inspect_model.with_models_task(["task=detection", "model=yolo"]) == ["task=detection", "model=yolo"]

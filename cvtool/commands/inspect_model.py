@@ -100,5 +100,16 @@ def inspect(cfg: DictConfig) -> Summary:
     return summary
 
 
+def with_models_task(overrides: list[str]) -> list[str]:
+    """model=NAME without task=: the task NAME is registered for (`cvtool inspect model=unet` is a segmenter)."""
+    from cvtool.models import list_models, model_info
+
+    keys = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1] for o in overrides if "=" in o}
+    name = keys.get("model")
+    if "task" in keys or "ckpt" in keys or name not in list_models():
+        return overrides
+    return [f"task={model_info(name).task}", *overrides]
+
+
 def main(overrides: list[str]) -> Summary:
-    return inspect(runner.compose("inspect", checkpoint_overrides(overrides)))
+    return inspect(runner.compose("inspect", checkpoint_overrides(with_models_task(overrides))))
