@@ -260,3 +260,4 @@ def test_gradcams_default_layer_is_the_last_conv_blocks_rectified_output():
     assert last_conv_block(create_model("shapes_cnn", num_classes=5)) == "19"  # conv 17 -> BatchNorm -> ReLU 19
     assert last_conv_block(create_model("resnet18", num_classes=5)) == "layer4.1"  # the residual block (+ ReLU)
     assert last_conv_block(create_model("vgg11", num_classes=5)) == "features.19"  # conv 18 -> ReLU 19
+    assert last_conv_block(create_model("unet", num_classes=5, width=4, aux=True)) == "head"  # not the aux head

@@ -117,10 +117,9 @@ class UNet(nn.Module):
         levels = list(reversed(range(depth)))  # expanding path: deepest level first
         self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in levels)
         self.decode = nn.ModuleList(double_conv(2 * chans[i], chans[i], pad, batch_norm) for i in levels)
-        # deep supervision: class scores of the bottleneck, upsampled, as an auxiliary loss in training only
-        # (registered before `head`, so that the last convolution is the one inference runs)
-        self.aux_head = nn.Conv2d(chans[-1], num_classes, 1) if aux else None
         self.head = nn.Conv2d(width, num_classes, 1)
+        # deep supervision: class scores of the bottleneck, upsampled, as an auxiliary loss in training only
+        self.aux_head = nn.Conv2d(chans[-1], num_classes, 1) if aux else None
         init_convs(self)
 
     def _pad_input(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

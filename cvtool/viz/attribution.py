@@ -43,10 +43,11 @@ def without_inplace(model: nn.Module) -> nn.Module:
 
 def last_conv(model: nn.Module) -> str:
     """The name of the last Conv2d in registration order (Grad-CAM's default layer); a detector's: its
-    backbone's last."""
+    backbone's last. Auxiliary heads (`aux*`, run in training only) are not candidates."""
     scope = "backbone." if hasattr(model, "backbone") else ""
     names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Conv2d) and name.startswith(scope)]
+             if isinstance(module, nn.Conv2d) and name.startswith(scope)
+             and not any(part.startswith("aux") for part in name.split("."))]
     if not names:
         raise CvtoolError(f"{type(model).__name__} has no convolution", where="visualize.layer",
                           fix="name a layer with visualize.layer=...")
