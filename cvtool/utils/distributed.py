@@ -55,7 +55,10 @@ def init(backend: str) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank is done (a rank tearing gloo down while another still writes its
+    results can abort the other: "terminate called without an active exception")."""
     if dist := _group():
+        dist.barrier()
         dist.destroy_process_group()
 
 
