@@ -135,6 +135,9 @@ def test_bad_method_layer_and_target_are_clear_errors(trained, tmp_path):
         visualize.main("gradcam", [*common, "visualize.layer=nope"])
     with pytest.raises(CvtoolError, match="not a class of the model"):
         visualize.main("saliency", [*common, "visualize.target=hexagon"])
+    with pytest.raises(CvtoolError, match="deletion_blur=-1 is negative"):
+        visualize.main("saliency", [*common, "visualize.images=1", "visualize.evaluate=true",
+                                    "visualize.eval_images=2", "visualize.deletion_blur=-1"])
 
 
 def test_fgsm_at_zero_changes_nothing_and_stays_in_the_epsilon_ball():

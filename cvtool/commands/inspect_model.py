@@ -18,7 +18,7 @@ from cvtool.models.summary import Summary, summarize
 from cvtool.utils.atomic import atomic_write_text
 
 from . import components as C
-from .checkpoints import checkpoint_overrides
+from .checkpoints import checkpoint_overrides, value_of
 
 
 def input_size(cfg: DictConfig) -> tuple[int, int]:
@@ -104,9 +104,8 @@ def with_models_task(overrides: list[str]) -> list[str]:
     """model=NAME without task=: the task NAME is registered for (`cvtool inspect model=unet` is a segmenter)."""
     from cvtool.models import list_models, model_info
 
-    keys = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1] for o in overrides if "=" in o}
-    name = keys.get("model")
-    if "task" in keys or "ckpt" in keys or name not in list_models():
+    name = value_of(overrides, "model")
+    if value_of(overrides, "task") or value_of(overrides, "ckpt") or name not in list_models():
         return overrides
     return [f"task={model_info(name).task}", *overrides]
 

@@ -412,6 +412,9 @@ def evaluate_methods(cfg: DictConfig, model, task, class_names: list[str], hardw
     labels = labels.to(inputs.device)
     steps, batch = cfg.visualize.deletion_steps, cfg.visualize.batch
     blur = cfg.visualize.deletion_blur
+    if blur < 0:
+        raise CvtoolError(f"visualize.deletion_blur={blur} is negative", where="visualize.deletion_blur",
+                          fix="use a sigma in px, a fraction (< 1) of the image side, or 0 for a grey fill")
     fill = blurred(inputs, blur) if blur else None
 
     def aucs(maps: np.ndarray | None) -> np.ndarray:
