@@ -54,9 +54,9 @@ def test_missing_dataset_root_names_it(tmp_path):
     assert result.returncode == 2 and "nowhere" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_later_pipelines_answer_not_available_with_exit_2():
+def test_export_without_a_checkpoint_says_what_it_needs_with_exit_2():
     result = cvtool("export", "model=resnet18")
-    assert result.returncode == 2 and "not available yet" in result.stderr
+    assert result.returncode == 2 and "needs a trained model" in result.stderr and "ckpt=" in result.stderr
 
 
 def test_models_lists_registry_with_parameter_counts():

@@ -72,8 +72,10 @@ def predict(overrides: list[str] = OVERRIDES) -> None:
 
 @app.command(epilog=groups_epilog())
 def export(overrides: list[str] = OVERRIDES) -> None:
-    """Export a checkpoint (ckpt=PATH) to format=onnx|torchscript|torch_export, verified numerically."""
-    _invoke("unavailable", "main", "export", overrides or [])
+    """Export a checkpoint (ckpt=PATH) to format=onnx|torchscript|torch_export [opset=18] [dynamic=true]
+    [input_size=H,W], verified against the eager model on two inputs (exit code 1 if they differ); writes the file
+    and a sidecar JSON of its pre/postprocessing."""
+    _invoke("export", "main", overrides or [])
 
 
 @app.command(epilog=groups_epilog())

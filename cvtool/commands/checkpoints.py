@@ -55,16 +55,22 @@ def resume_overrides(overrides: list[str]) -> list[str]:
 
 
 def checkpoint_overrides(overrides: list[str]) -> list[str]:
-    """ckpt=PATH -> the checkpoint's task/model/dataset overrides first, so the user need not repeat them.
+    """ckpt=PATH (or model_file=PATH, an exported model) -> the task/model/dataset overrides it was trained with
+    first, so the user need not repeat them.
 
     A group the user chooses anew (e.g. dataset=digits) drops the stored overrides of that group.
     """
-    value = value_of(overrides, "ckpt")
-    if value is None:
-        return overrides
-    from cvtool.engine.checkpoint import load_checkpoint
+    value, exported = value_of(overrides, "ckpt"), value_of(overrides, "model_file")
+    if value is not None:
+        from cvtool.engine.checkpoint import load_checkpoint
 
-    state = load_checkpoint(value, lazy=True)
+        state = load_checkpoint(value, lazy=True)
+    elif exported is not None:  # an exported model's sidecar JSON carries the same overrides
+        from cvtool.export.runtime import read_sidecar
+
+        state = read_sidecar(exported)
+    else:
+        return overrides
     chosen = {o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in MODEL_KEYS}
     stored = [o for o in state.get("overrides", [])
               if (group := o.split("=", 1)[0].split(".")[0].lstrip("+")) in MODEL_KEYS and group not in chosen]

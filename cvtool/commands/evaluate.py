@@ -25,20 +25,21 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
-    if cfg.predictions is not None and cfg.ckpt is not None:
-        raise CvtoolError("both ckpt= and predictions= given", where="ckpt/predictions",
+    if cfg.predictions is not None and (cfg.ckpt is not None or cfg.model_file is not None):
+        raise CvtoolError("both a model and predictions= given", where="ckpt/model_file/predictions",
                           fix="evaluate either a model (ckpt=PATH) or stored predictions (predictions=PATH)")
     if cfg.predictions is not None:
         from .evaluate_stored import evaluate_stored  # numpy only: no torch import on this path
 
         evaluation = evaluate_stored(cfg)
-    elif cfg.ckpt is not None:
+    elif cfg.ckpt is not None or cfg.model_file is not None:
         from .evaluate_model import evaluate_model
 
         evaluation = evaluate_model(cfg)
     else:
         raise CvtoolError("nothing to evaluate", where="cvtool eval",
-                          fix="pass ckpt=PATH (a trained model) or predictions=PATH (stored predictions)")
+                          fix="pass ckpt=PATH (a trained model), model_file=PATH (an exported one) or "
+                              "predictions=PATH (stored predictions)")
     if dist.is_main():
         report(evaluation, cfg, Path(run_dir) if run_dir is not None else None)
     dist.shutdown()

@@ -11,14 +11,14 @@ from cvtool.engine.inference import run_inference
 from . import components as C
 from .checkpoints import check_compatible
 from .evaluate_stored import Evaluation
-from .restore import restore
+from .restore import restore_or_load
 
 log = logging.getLogger("cvtool.eval")
 
 
 def evaluate_model(cfg: DictConfig) -> Evaluation:
     hardware = C.setup(cfg)
-    model, task, class_names, state = restore(cfg, hardware)
+    model, task, class_names, state = restore_or_load(cfg, hardware)
     dataset = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"),
                               skip_invalid=cfg.data.skip_invalid, seed=cfg.seed, classes=class_names)
     check_compatible(state, task.name, dataset.classes)

@@ -21,9 +21,9 @@ from . import components as C
 from .checkpoints import checkpoint_overrides, value_of
 
 
-def input_size(cfg: DictConfig) -> tuple[int, int]:
-    """`input_size` as (H, W): one number is a square; null = the task's reference input."""
-    value = cfg.input_size if cfg.input_size is not None else cfg.task.reference_input
+def input_size(cfg: DictConfig, default=None) -> tuple[int, int]:
+    """`input_size` as (H, W): one number is a square; null = `default`, else the task's reference input."""
+    value = cfg.input_size if cfg.input_size is not None else default or cfg.task.reference_input
     sizes = [value] if isinstance(value, (int, str)) else list(value)
     try:
         sizes = [int(s) for part in sizes for s in str(part).replace("x", ",").split(",") if s.strip()]

@@ -15,7 +15,7 @@ from cvtool.engine.inference import OutputCollector, run_inference
 
 from . import components as C
 from .checkpoints import check_compatible, checkpoint_overrides
-from .restore import restore
+from .restore import restore_or_load
 
 log = logging.getLogger("cvtool.predict")
 
@@ -26,7 +26,7 @@ def main(overrides: list[str]) -> list[dict]:
 
 def predict(cfg: DictConfig, run_dir: Path | None) -> dict:
     hardware = C.setup(cfg)
-    model, task, class_names, state = restore(cfg, hardware)
+    model, task, class_names, state = restore_or_load(cfg, hardware)
     transform = C.transforms(cfg, "eval_transforms")
     if cfg.source:
         images = task.open_source(list_images(cfg.source), transform, class_names, Path(cfg.source))

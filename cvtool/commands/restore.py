@@ -40,3 +40,20 @@ def restore(cfg: DictConfig, hardware: Hardware):
     model = C.to_device(model, hardware).eval()
     return model, task, list(state["class_names"]), state
 
+
+
+def restore_or_load(cfg: DictConfig, hardware: Hardware):
+    """`restore` for ckpt=, or an exported model (model_file=) behind the same interface (eval, predict)."""
+    if not cfg.get("model_file"):
+        return restore(cfg, hardware)
+    if cfg.ckpt:
+        raise CvtoolError("both ckpt= and model_file= given", where="ckpt/model_file",
+                          fix="run either the checkpoint or the exported model")
+    from cvtool.export.runtime import load_exported
+
+    model, sidecar = load_exported(cfg.model_file, hardware.device)
+    if sidecar["task"] != cfg.task.name:
+        raise CvtoolError(f"model_file is a {sidecar['task']} model but task={cfg.task.name}",
+                          where=str(cfg.model_file), fix=f"drop task= or use task={sidecar['task']}")
+    state = {"task": sidecar["task"], "class_names": sidecar["class_names"], "path": str(cfg.model_file)}
+    return model, C.task_from(cfg), list(sidecar["class_names"]), state

@@ -56,13 +56,13 @@ def default_anchors(num_anchors: int, image_size: int) -> Tensor:
     return torch.stack([sides / aspects.sqrt(), sides * aspects.sqrt()], 1)
 
 
-def decode_boxes(t: Tensor, anchors: Tensor, stride: float) -> Tensor:
+def decode_boxes(t: Tensor, anchors: Tensor, stride: float, wh_clip: float = LOG_WH_CLIP) -> Tensor:
     """YOLOv2 decoding: raw (tx, ty, tw, th) of shape (..., H, W, A, 4) -> xyxy boxes in network-input pixels."""
     h, w = t.shape[-4:-2]
     gy, gx = torch.meshgrid(torch.arange(h, device=t.device), torch.arange(w, device=t.device), indexing="ij")
     grid = torch.stack([gx, gy], -1)[:, :, None]  # (H, W, 1, 2)
     xy = (t[..., :2].sigmoid() + grid) * stride
-    wh = anchors * t[..., 2:4].clamp(max=LOG_WH_CLIP).exp()
+    wh = anchors * t[..., 2:4].clamp(max=wh_clip).exp()
     return torch.cat([xy - wh / 2, xy + wh / 2], -1)
 
 
@@ -161,6 +161,7 @@ class YOLOv2(nn.Module):
             raise ValueError(f"anchors must have shape {tuple(self.anchors.shape)}, got {tuple(anchors.shape)}")
         self.anchors.copy_(anchors)
 
+    @torch.jit.unused  # export scripts `dense_detections`, not this list-of-images interface
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         """Losses (train mode, targets required) or per-image detections (eval mode)."""
         if self.training and targets is None:
@@ -254,18 +255,42 @@ class YOLOv2(nn.Module):
 
     def _postprocess(self, out: Tensor, scales: Tensor, image_hws: list) -> list[dict[str, Tensor]]:
         """Decode, map back to each original image and filter."""
+        boxes, scores = self._decode(out)
+        return [self.select(b / s.repeat(2), sc, hw) for b, sc, s, hw in zip(boxes, scores, scales, image_hws)]
+
+    def _decode(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, P, 4) xyxy boxes at the network input and (B, P, C) class confidences of every prediction."""
         boxes = decode_boxes(out[..., :4], self.anchors, self.image_size / out.shape[2]).flatten(1, 3)
         scores = (out[..., 4:5].sigmoid() * out[..., 5:].softmax(-1)).flatten(1, 3)
-        return [self._select(b / s.repeat(2), sc, hw) for b, sc, s, hw in zip(boxes, scores, scales, image_hws)]
+        return boxes, scores
 
-    def _select(self, boxes: Tensor, scores: Tensor, image_hw) -> dict[str, Tensor]:
-        """Per-class score threshold, clipping, per-class NMS and top-k for one image."""
-        box_idx, labels = (scores > self.score_thresh).nonzero(as_tuple=True)
-        boxes, scores = clip_boxes_to_image(boxes[box_idx], tuple(image_hw)), scores[box_idx, labels]
-        keep = remove_small_boxes(boxes, MIN_BOX_SIDE)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    def dense_detections(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Every prediction of a batch of same-size [0, 1] images before thresholding and NMS: (N, P, 4) boxes in
+        the images' pixels and (N, P, C) confidences. The fixed-shape part of inference, which exports to any
+        format; `select` finishes it."""
+        size = self.image_size
+        height, width = images.shape[-2], images.shape[-1]
+        batch = F.interpolate(images, (size, size), mode="bilinear", antialias=True)
+        boxes, scores = self._decode(self._raw_output((batch - self.image_mean) / self.image_std))
+        sx, sy = width / size, height / size
+        boxes = torch.stack([boxes[..., 0] * sx, boxes[..., 1] * sy, boxes[..., 2] * sx, boxes[..., 3] * sy], -1)
+        return boxes, scores
+
+    def select(self, boxes: Tensor, scores: Tensor, image_hw) -> dict[str, Tensor]:
+        return select_detections(boxes, scores, image_hw, self.score_thresh, self.nms_thresh,
+                                 self.detections_per_img)
+
+
+def select_detections(boxes: Tensor, scores: Tensor, image_hw, score_thresh: float, nms_thresh: float,
+                      detections_per_img: int) -> dict[str, Tensor]:
+    """One image's detections from its (P, 4) boxes and (P, C) confidences: per-class score threshold, clipping,
+    per-class NMS and top-k."""
+    box_idx, labels = (scores > score_thresh).nonzero(as_tuple=True)
+    boxes, scores = clip_boxes_to_image(boxes[box_idx], tuple(image_hw)), scores[box_idx, labels]
+    keep = remove_small_boxes(boxes, MIN_BOX_SIDE)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
 @register_model("yolo", task="detection", min_size=64,

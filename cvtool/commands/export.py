@@ -1,0 +1,199 @@
+"""`cvtool export ckpt=PATH format=onnx|torchscript|torch_export [opset=..] [dynamic=true] [input_size=H,W]`:
+write the model in a deployable format, run the written file on sample inputs of two sizes/batches, compare it
+with the eager model, and keep it (with a sidecar JSON of its pre/postprocessing) only when they agree."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cvtool import __version__
+from cvtool.config import runner
+from cvtool.engine.hardware import Hardware
+from cvtool.errors import CvtoolError, ExitRequest
+from cvtool.export.formats import SUFFIX, load_runner, write
+from cvtool.export.graphs import Graph, export_graph
+from cvtool.export.runtime import sidecar_path
+from cvtool.export.verify import Check, as_detections, dense_check, detection_check, shape_name
+from cvtool.models.yolo import select_detections
+from cvtool.utils.atomic import atomic_write_text
+
+from . import components as C
+from .checkpoints import checkpoint_overrides
+from .inspect_model import input_size
+from .restore import restore
+
+log = logging.getLogger("cvtool.export")
+CPU = Hardware(torch.device("cpu"), None, False, False, False, False, False)
+
+
+def main(overrides: list[str]) -> list[dict]:
+    return runner.run("export", checkpoint_overrides(overrides), export)
+
+
+def _images(cfg: DictConfig, task, class_names: list[str], count: int, size: tuple[int, int]) -> torch.Tensor:
+    """`count` images of the evaluation split in [0, 1], resized to `size` (seeded noise if the data is missing)."""
+    try:
+        dataset = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"), skip_invalid=True,
+                                  seed=cfg.seed, classes=class_names)
+        items = [dataset[i][0] for i in range(min(count, len(dataset)))]
+    except CvtoolError as err:
+        log.warning("sample inputs are seeded noise: the evaluation split cannot be read (%s)", err.line())
+        items = []
+    images = [F.interpolate(torch.as_tensor(item)[None].float() / 255, size, mode="bilinear")[0] for item in items]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    while len(images) < count:
+        images.append(torch.rand(cfg.dataset.channels, *size, generator=generator))
+    return torch.stack(images)
+
+
+def samples(cfg: DictConfig, task, graph: Graph, class_names: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the example input the graph is exported with, the inputs it is verified on). Dynamic exports are checked
+    at a second batch size (classifiers: their input size is fixed by the preprocessing) or at a second image
+    size; static ones on two different images."""
+    height, width = size = input_size(cfg, cfg.dataset.image_size)
+    other = (max(32, round(height * 0.75)), max(32, round(width * 1.25)))
+    images = _images(cfg, task, class_names, 3, size)
+    if graph.kind in ("classifier", "segmenter"):
+        mean = torch.tensor(cfg.dataset.mean).view(1, -1, 1, 1)
+        images = (images - mean) / torch.tensor(cfg.dataset.std).view(1, -1, 1, 1)
+    resized = F.interpolate(images[1:3], other, mode="bilinear")
+    if not cfg.dynamic:
+        pick = (lambda i: images[i]) if not graph.batched else (lambda i: images[i:i + 1])
+        return pick(0), [pick(0), pick(1)]
+    if not graph.batched:
+        return images[0], [images[0], resized[0]]
+    if graph.kind == "classifier":
+        return images[:2], [images[:1], images]
+    return images[:2], [images[:1], resized]
+
+
+def verify(graph: Graph, written_path: Path, inputs: list[torch.Tensor], cfg: DictConfig) -> list[Check]:
+    """Run the written file and the eager module on every input and compare their outputs."""
+    run = load_runner(written_path, torch.device("cpu"))
+    tol = cfg.export
+    checks = []
+    for image in inputs:
+        name = shape_name(image)
+        with torch.no_grad():
+            reference = graph.module(image)
+        reference = list(reference) if isinstance(reference, (tuple, list)) else [reference]
+        exported = run(image)
+        if graph.kind == "detector":
+            checks.append(detection_check(name, as_detections(reference, graph.outputs),
+                                          as_detections(exported, graph.outputs), tol.match_score, tol.box_atol,
+                                          tol.score_atol))
+            continue
+        check = dense_check(name, reference, exported, tol.atol, tol.rtol)
+        if graph.kind == "dense_detector" and check.passed:  # and the detections NMS keeps from them
+            model = graph.module.model
+            options = {"score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
+                       "detections_per_img": model.detections_per_img}
+            for i in range(image.shape[0]):
+                hw = tuple(image.shape[-2:])
+                matched = detection_check(name, select_detections(*(r[i] for r in reference), hw, **options),
+                                          select_detections(*(e[i] for e in exported), hw, **options),
+                                          tol.match_score, tol.box_atol, tol.score_atol)
+                if not matched.passed or i == 0:
+                    check = Check(name, matched.passed, f"{check.detail}; {matched.detail}", check.max_diff)
+        checks.append(check)
+    return checks
+
+
+def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model, class_names: list[str],
+            state: dict, checks: list[Check]) -> dict:
+    """What a deployment needs besides the graph: classes, pre/postprocessing, names, and how it was verified."""
+    dynamic = bool(cfg.dynamic)
+    shape = [graph.free_axes.get(i, s) if dynamic else s for i, s in enumerate(example.shape)]
+    if graph.kind == "classifier" and not dynamic:
+        shape[0] = 1
+    normalised = graph.kind in ("classifier", "segmenter")
+    pre = {"input": "float32 RGB" if cfg.dataset.channels == 3 else "float32 grey",
+           "layout": "NCHW" if graph.batched else "CHW (one image per call)",
+           "scale": "pixel / 255", "mean": list(cfg.dataset.mean), "std": list(cfg.dataset.std),
+           "normalise": "(pixel / 255 - mean) / std, outside the graph" if normalised
+           else "inside the graph (pass [0, 1] pixels)",
+           "size": list(input_size(cfg, cfg.dataset.image_size)),
+           "resize": "to size (classifiers take only it)" if graph.kind == "classifier"
+           else "none needed: the graph takes any size" if dynamic else "to size (dynamic=false)"}
+    post = {"classifier": {"logits": "softmax over classes"},
+            "segmenter": {"logits": "argmax over classes (axis 1) = class index per pixel"},
+            "detector": {"boxes": "xyxy in input pixels", "labels": f"class index + {getattr(model, 'label_offset', 0)}"
+                         " (label_offset)", "scores": "confidence"},
+            "dense_detector": {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
+                               "select": {"score_thresh": getattr(model, "score_thresh", None),
+                                          "nms_thresh": getattr(model, "nms_thresh", None),
+                                          "detections_per_img": getattr(model, "detections_per_img", None)}},
+            }[graph.kind]
+    return {
+        "cvtool_version": __version__, "format": written.format, "exporter": written.exporter,
+        "notes": written.notes, "file": written.path.name, "task": cfg.task.name, "model": cfg.model.name,
+        "class_names": class_names, "label_offset": getattr(model, "label_offset", 0),
+        "graph": {"kind": graph.kind, "input": graph.input_name, "input_shape": shape, "outputs": graph.outputs,
+                  "dynamic": dynamic, "opset": cfg.opset if written.format == "onnx" else None},
+        "preprocess": pre, "postprocess": post,
+        "verification": [{"input": c.sample, "passed": c.passed, "detail": c.detail} for c in checks],
+        "checkpoint": str(state["path"]), "overrides": state.get("overrides", []), "config": state["config"],
+    }
+
+
+def summary_table(written, checks: list[Check], size_mb: float) -> Table:
+    table = Table(title=escape(f"{written.path.name}: {written.exporter}, {size_mb:.1f} MB"))
+    table.add_column("input")
+    table.add_column("agrees with eager")
+    table.add_column("detail")
+    for check in checks:
+        table.add_row(check.sample, "[green]yes" if check.passed else "[red]NO", escape(check.detail))
+    return table
+
+
+def target_path(cfg: DictConfig, run_dir: Path | None) -> Path:
+    if cfg.export.output:
+        return Path(cfg.export.output).with_suffix(SUFFIX[cfg.format])
+    return (run_dir or Path(".")) / f"{cfg.model.name}{SUFFIX[cfg.format]}"
+
+
+def export(cfg: DictConfig, run_dir: Path | None) -> dict:
+    if cfg.format not in SUFFIX:
+        raise CvtoolError(f"unknown export format '{cfg.format}'", where=f"format={cfg.format}",
+                          fix=f"choose one of: {', '.join(SUFFIX)}")
+    C.setup(cfg)
+    model, task, class_names, state = restore(cfg, CPU)
+    graph = export_graph(model, task.name, with_masks=getattr(task, "with_masks", False))
+    example, inputs = samples(cfg, task, graph, class_names)
+    target = target_path(cfg, run_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial"  # nothing appears under the final name unverified
+    staging.mkdir(exist_ok=True)
+    try:
+        written = write(graph, example, cfg.format, staging / target.name, opset=cfg.opset, dynamic=cfg.dynamic)
+        for note in written.notes:
+            log.warning("%s", note)
+        checks = verify(graph, written.path, inputs, cfg)
+        size_mb = written.path.stat().st_size / 2**20
+        Console().print(summary_table(written, checks, size_mb))
+        if not all(c.passed for c in checks):
+            failed = next(c for c in checks if not c.passed)
+            raise ExitRequest(f"error: the exported {written.format} model disagrees with the eager model on input "
+                              f"{failed.sample}: {failed.detail}; nothing was written", 1)
+        final = target.with_suffix(written.path.suffix)
+        os.replace(written.path, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    written.path = final
+    info = sidecar(cfg, graph, written, example, model, class_names, state, checks)
+    atomic_write_text(sidecar_path(final), json.dumps(info, indent=2) + "\n")
+    log.info("wrote %s (%s) and %s", final, written.exporter, sidecar_path(final).name)
+    return {"path": str(final), "format": written.format, "exporter": written.exporter, "notes": written.notes,
+            "checks": [c.__dict__ for c in checks], "sidecar": str(sidecar_path(final)),
+            "config": OmegaConf.to_container(cfg.export)}

@@ -1,0 +1,97 @@
+"""What gets exported for each kind of model: a module with tensor inputs and outputs, its names and free axes.
+
+- classifiers: a batch of normalised images -> logits (the batch is free; the size is the training size);
+- segmenters: a batch of normalised images of any size -> logits (the main output, auxiliary heads dropped);
+- torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks); the model resizes and
+  normalises inside, as in eager mode. Their data-dependent shapes need TorchScript or the TorchScript-based
+  ONNX exporter;
+- our YOLO: a batch of [0, 1] images -> every prediction's boxes and confidences; thresholding and NMS run after
+  the graph (`yolo.select_detections`), so the graph has fixed shapes and exports to every format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cvtool.tasks.dense_inference import logits_of
+
+ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
+
+
+class DenseLogits(nn.Module):
+    """A segmenter's main logits (torchvision's {"out", "aux"} dict reduced to "out")."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> Tensor:
+        return logits_of(self.model(image))
+
+
+class SingleImageDetector(nn.Module):
+    """A torchvision detector on one image: (3, H, W) in [0, 1] -> boxes, scores, labels (+ masks) tensors."""
+
+    def __init__(self, model: nn.Module, with_masks: bool):
+        super().__init__()
+        self.model, self.with_masks = model, with_masks
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        if torch.jit.is_scripting():  # scripted torchvision detectors return (losses, detections)
+            detections = self.model([image])[1][0]
+        else:
+            detections = self.model([image])[0]
+        if self.with_masks:
+            return [detections["boxes"], detections["scores"], detections["labels"], detections["masks"]]
+        return [detections["boxes"], detections["scores"], detections["labels"]]
+
+
+class DenseDetections(nn.Module):
+    """Our YOLO's predictions before NMS: (N, 3, H, W) in [0, 1] -> (N, P, 4) boxes, (N, P, C) confidences."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.dense_detections(image)
+
+
+@dataclass
+class Graph:
+    """The exported module and its interface (recorded in the sidecar JSON)."""
+
+    module: nn.Module
+    kind: str  # classifier | segmenter | detector | dense_detector
+    outputs: list[str]
+    free_axes: dict[int, str]  # the input's dynamic axes (with dynamic=true)
+    output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    onnx_exporters: tuple[str, ...] = ALL_EXPORTERS
+    batched: bool = True  # False: the input is one image (3, H, W)
+    note: str = ""  # why an exporter path is skipped
+
+    @property
+    def input_name(self) -> str:
+        return "image"
+
+
+def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph:
+    """The exportable form of a trained `model` of `task` (in eval mode, on the CPU)."""
+    model = model.eval()
+    if task == "classification":
+        return Graph(model, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
+    if task == "segmentation":
+        axes = {0: "batch", 2: "height", 3: "width"}
+        return Graph(DenseLogits(model).eval(), "segmenter", ["logits"], axes, {"logits": axes})
+    if hasattr(model, "dense_detections"):
+        axes = {"boxes": {0: "batch", 1: "predictions"}, "scores": {0: "batch", 1: "predictions"}}
+        return Graph(DenseDetections(model).eval(), "dense_detector", ["boxes", "scores"],
+                     {0: "batch", 2: "height", 3: "width"}, axes)
+    outputs = ["boxes", "scores", "labels", *(["masks"] if with_masks else [])]
+    return Graph(SingleImageDetector(model, with_masks).eval(), "detector", outputs, {1: "height", 2: "width"},
+                 {name: {0: "detections"} for name in outputs}, onnx_exporters=("legacy",), batched=False,
+                 note="torchvision's detectors have data-dependent shapes (proposals, NMS) that torch.export "
+                      "cannot capture")

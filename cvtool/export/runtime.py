@@ -1,0 +1,84 @@
+"""An exported file behind the eager model's interface, so `predict`/`eval` reuse the task adapters unchanged: a
+batch -> logits (classifiers, segmenters), a list of [0, 1] images -> per-image detection dicts (detectors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cvtool.errors import CvtoolError
+
+from .formats import Runner, load_runner
+
+
+def sidecar_path(model_file: str | Path) -> Path:
+    return Path(model_file).with_suffix(".json")
+
+
+def read_sidecar(model_file: str | Path) -> dict:
+    """The JSON written beside an exported file (classes, pre/postprocessing, the config it was trained with)."""
+    if not Path(model_file).is_file():
+        raise CvtoolError("exported model file not found", where=str(model_file),
+                          fix="check model_file= (written by `cvtool export ckpt=...`)")
+    path = sidecar_path(model_file)
+    if not path.is_file():
+        raise CvtoolError("the exported model's sidecar JSON is missing", where=str(path),
+                          fix="keep the .json that `cvtool export` writes next to the model file")
+    try:
+        sidecar = json.loads(path.read_text())
+        sidecar["graph"]["kind"], sidecar["class_names"], sidecar["task"]  # noqa: B018 - the keys runtime needs
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CvtoolError(f"malformed sidecar JSON ({exc})", where=str(path),
+                          fix="export the model again with `cvtool export ckpt=...`") from exc
+    return sidecar
+
+
+class ExportedModel(nn.Module):
+    """Runs an exported file like the eager model it came from (full precision, whatever autocast is active)."""
+
+    def __init__(self, runner: Runner, sidecar: dict, path: Path):
+        super().__init__()
+        self.runner, self.path = runner, path
+        graph = sidecar["graph"]
+        self.kind, self.outputs = graph["kind"], graph["outputs"]
+        self.label_offset = sidecar.get("label_offset", 0)
+        self.static_shape = None if graph["dynamic"] else graph["input_shape"]
+        self.select = sidecar.get("postprocess", {}).get("select")
+
+    def _run(self, image: Tensor) -> list[Tensor]:
+        if self.static_shape is not None and list(image.shape[-2:]) != self.static_shape[-2:]:
+            h, w = self.static_shape[-2:]
+            raise CvtoolError(f"this model was exported for {h}x{w} inputs (dynamic=false), got "
+                              f"{image.shape[-2]}x{image.shape[-1]}", where=str(self.path),
+                              fix="export again with dynamic=true, or give images of that size")
+        return self.runner(image)
+
+    def _batched(self, images: Tensor) -> list[Tensor]:
+        """Whole batches, or image by image where the export fixed the batch size."""
+        if self.static_shape is None or images.shape[0] == self.static_shape[0]:
+            return self._run(images)
+        parts = [self._run(images[i:i + 1]) for i in range(images.shape[0])]
+        return [torch.cat(outs) for outs in zip(*parts)]
+
+    def forward(self, images):
+        if self.kind in ("classifier", "segmenter"):
+            return self._batched(images)[0]
+        if self.kind == "detector":
+            return [dict(zip(self.outputs, self._run(image))) for image in images]
+        from cvtool.models.yolo import select_detections
+
+        detections = []
+        for image in images:  # dense_detector: the graph's dense predictions, then thresholds and NMS
+            boxes, scores = self._batched(image[None])
+            detections.append(select_detections(boxes[0], scores[0], tuple(image.shape[-2:]), **self.select))
+        return detections
+
+
+def load_exported(model_file: str | Path, device: torch.device) -> tuple[ExportedModel, dict]:
+    """(the runnable model, its sidecar) for `model_file`."""
+    path = Path(model_file)
+    sidecar = read_sidecar(path)
+    return ExportedModel(load_runner(path, device), sidecar, path), sidecar

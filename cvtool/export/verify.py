@@ -1,0 +1,81 @@
+"""Numerical verification of an exported file against the eager model: dense outputs by max |difference|, detections
+by matching boxes, scores and labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+
+@dataclass
+class Check:
+    sample: str  # e.g. "2x3x96x160"
+    passed: bool
+    detail: str
+    max_diff: float | None = None
+
+
+def shape_name(image: Tensor) -> str:
+    return "x".join(str(s) for s in image.shape)
+
+
+def dense_check(sample: str, reference: list[Tensor], exported: list[Tensor], atol: float, rtol: float) -> Check:
+    """Outputs agree when max |ref - exported| <= atol + rtol * max |ref|, output by output."""
+    if len(reference) != len(exported) or any(r.shape != e.shape for r, e in zip(reference, exported)):
+        got = ", ".join(shape_name(e) for e in exported)
+        want = ", ".join(shape_name(r) for r in reference)
+        return Check(sample, False, f"output shapes {got}, eager {want}")
+    worst = None  # (diff / tolerance, diff, tolerance) of the output closest to failing
+    for ref, out in zip(reference, exported):
+        ref, out = ref.detach().float().cpu(), out.detach().float().cpu()
+        diff = float((ref - out).abs().max()) if ref.numel() else 0.0
+        tol = atol + rtol * (float(ref.abs().max()) if ref.numel() else 0.0)
+        ratio = diff / tol if tol > 0 else float("inf") if diff > 0 else 0.0
+        worst = max(worst or (-1.0, 0.0, 0.0), (ratio, diff, tol))
+    ratio, diff, tol = worst
+    passed = ratio <= 1.0
+    return Check(sample, passed, f"max |diff| {diff:.2e} (tolerance {tol:.2e})", diff)
+
+
+def _one_way(a: dict, b: dict, min_score: float, score_atol: float) -> tuple[int, int, int, float, float]:
+    """Of a's detections scoring >= min_score: how many have a same-label detection in b at IoU >= 0.5, how many
+    of the others sit at b's score cut-off (scoring no more than b's lowest + score_atol: the last places of a
+    top-k or a threshold, where a last-digit difference may swap detections), and the largest box-coordinate and
+    score differences to the best-overlapping partners."""
+    confident = (a["scores"] >= min_score).nonzero().flatten().tolist()
+    floor = float(b["scores"].min()) if len(b["scores"]) else float("-inf")
+    matched, at_cutoff, box_diff, score_diff = 0, 0, 0.0, 0.0
+    for i in confident:
+        same = (b["labels"] == a["labels"][i]).nonzero().flatten()
+        iou = box_iou(a["boxes"][i:i + 1].float(), b["boxes"][same].float())[0] if len(same) else None
+        if iou is None or float(iou.max()) < 0.5:
+            at_cutoff += float(a["scores"][i]) <= floor + score_atol
+            continue
+        j = same[iou.argmax()]
+        matched += 1
+        box_diff = max(box_diff, float((a["boxes"][i] - b["boxes"][j]).abs().max()))
+        score_diff = max(score_diff, float((a["scores"][i] - b["scores"][j]).abs()))
+    return matched, at_cutoff, len(confident), box_diff, score_diff
+
+
+def detection_check(sample: str, reference: dict, exported: dict, min_score: float, box_atol: float,
+                    score_atol: float) -> Check:
+    """Every detection scoring >= min_score on either side has a same-label partner on the other (IoU >= 0.5)
+    within box_atol px and score_atol, apart from detections at the other side's score cut-off."""
+    reference = {k: v.detach().cpu() for k, v in reference.items()}
+    exported = {k: v.detach().cpu() for k, v in exported.items()}
+    m1, c1, n1, box1, score1 = _one_way(reference, exported, min_score, score_atol)
+    m2, c2, n2, box2, score2 = _one_way(exported, reference, min_score, score_atol)
+    box_diff, score_diff = max(box1, box2), max(score1, score2)
+    passed = m1 + c1 == n1 and m2 + c2 == n2 and box_diff <= box_atol and score_diff <= score_atol
+    cutoff = f" ({c1 + c2} at the score cut-off)" if c1 + c2 else ""
+    detail = (f"{m1}/{n1} eager detections matched, {m2}/{n2} back{cutoff}; max box diff {box_diff:.2e} px "
+              f"(tolerance {box_atol:g}), max score diff {score_diff:.2e} (tolerance {score_atol:g})")
+    return Check(sample, passed, detail, box_diff)
+
+
+def as_detections(outputs: list[Tensor], names: list[str]) -> dict[str, Tensor]:
+    return {name: torch.as_tensor(o) for name, o in zip(names, outputs)}
