@@ -58,15 +58,16 @@ def train(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
 
 @app.command("eval", epilog=groups_epilog())
 def evaluate(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
-    """Evaluate a model (ckpt=PATH) or stored predictions (predictions=PATH): VOC07/VOC10 AP, COCO via pycocotools,
-    mIoU, top-k. Writes metrics.json (and json=PATH), prints the protocol and a table."""
+    """Evaluate a model (ckpt=PATH, or model_file=PATH exported by `cvtool export`) or stored predictions
+    (predictions=PATH): VOC07/VOC10 AP, COCO via pycocotools, mIoU, top-k. Writes metrics.json (and json=PATH),
+    prints the protocol and a table."""
     _invoke("evaluate", "main", overrides or [], multirun=multirun)
 
 
 @app.command(epilog=groups_epilog())
 def predict(overrides: list[str] = OVERRIDES) -> None:
-    """Run a checkpoint (ckpt=PATH) on source=IMAGE|DIR (default: the eval split); writes result files that
-    `cvtool eval predictions=` reads, and overlay images."""
+    """Run a checkpoint (ckpt=PATH) or an exported model (model_file=PATH.onnx|.pt|.pt2) on source=IMAGE|DIR
+    (default: the eval split); writes result files that `cvtool eval predictions=` reads, and overlay images."""
     _invoke("predict", "main", overrides or [])
 
 

@@ -22,7 +22,7 @@ from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
 from cvtool.export.formats import SUFFIX, load_runner, write
-from cvtool.export.graphs import Graph, export_graph
+from cvtool.export.graphs import Graph, export_graph, nms_settings
 from cvtool.export.runtime import sidecar_path
 from cvtool.export.verify import Check, as_detections, dense_check, detection_check, shape_name
 from cvtool.models.yolo import select_detections
@@ -96,16 +96,12 @@ def verify(graph: Graph, written_path: Path, inputs: list[torch.Tensor], cfg: Di
             continue
         check = dense_check(name, reference, exported, tol.atol, tol.rtol)
         if graph.kind == "dense_detector" and check.passed:  # and the detections NMS keeps from them
-            model = graph.module.model
-            options = {"score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
-                       "detections_per_img": model.detections_per_img}
-            for i in range(image.shape[0]):
-                hw = tuple(image.shape[-2:])
-                matched = detection_check(name, select_detections(*(r[i] for r in reference), hw, **options),
-                                          select_detections(*(e[i] for e in exported), hw, **options),
-                                          tol.match_score, tol.box_atol, tol.score_atol)
-                if not matched.passed or i == 0:
-                    check = Check(name, matched.passed, f"{check.detail}; {matched.detail}", check.max_diff)
+            options, hw = nms_settings(graph.module.model), tuple(image.shape[-2:])
+            matches = [detection_check(name, select_detections(*(r[i] for r in reference), hw, **options),
+                                       select_detections(*(e[i] for e in exported), hw, **options),
+                                       tol.match_score, tol.box_atol, tol.score_atol) for i in range(len(image))]
+            worst = next((m for m in matches if not m.passed), matches[0])
+            check = Check(name, worst.passed, f"{check.detail}; {worst.detail}", check.max_diff)
         checks.append(check)
     return checks
 
@@ -115,12 +111,16 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
     """What a deployment needs besides the graph: classes, pre/postprocessing, names, and how it was verified."""
     dynamic = bool(cfg.dynamic)
     shape = [graph.free_axes.get(i, s) if dynamic else s for i, s in enumerate(example.shape)]
-    if graph.kind == "classifier" and not dynamic:
-        shape[0] = 1
     normalised = graph.kind in ("classifier", "segmenter")
+    if normalised:
+        mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
+    else:  # detectors normalise inside with their own statistics (torchvision's transform, YOLO's buffers)
+        inner = getattr(model, "transform", model)
+        mean, std = (torch.as_tensor(inner.image_mean).flatten().tolist(),
+                     torch.as_tensor(inner.image_std).flatten().tolist())
     pre = {"input": "float32 RGB" if cfg.dataset.channels == 3 else "float32 grey",
            "layout": "NCHW" if graph.batched else "CHW (one image per call)",
-           "scale": "pixel / 255", "mean": list(cfg.dataset.mean), "std": list(cfg.dataset.std),
+           "scale": "pixel / 255", "mean": mean, "std": std,
            "normalise": "(pixel / 255 - mean) / std, outside the graph" if normalised
            else "inside the graph (pass [0, 1] pixels)",
            "size": list(input_size(cfg, cfg.dataset.image_size)),
@@ -131,9 +131,7 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
             "detector": {"boxes": "xyxy in input pixels", "labels": f"class index + {getattr(model, 'label_offset', 0)}"
                          " (label_offset)", "scores": "confidence"},
             "dense_detector": {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
-                               "select": {"score_thresh": getattr(model, "score_thresh", None),
-                                          "nms_thresh": getattr(model, "nms_thresh", None),
-                                          "detections_per_img": getattr(model, "detections_per_img", None)}},
+                               "select": nms_settings(model) if graph.kind == "dense_detector" else None},
             }[graph.kind]
     return {
         "cvtool_version": __version__, "format": written.format, "exporter": written.exporter,

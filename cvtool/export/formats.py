@@ -44,10 +44,20 @@ def _reason(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """Exporters print progress and warn about every traced branch; the summary says what matters."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    """Exporters print progress, warn about every traced branch and log whole graphs when they fail; the summary
+    and the fallback notes say what matters (`--debug` shows it all)."""
+    if logging.getLogger("cvtool").isEnabledFor(logging.DEBUG):
         yield
+        return
+    torch_log = logging.getLogger("torch")
+    level, torch_log.level = torch_log.level, logging.CRITICAL
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_log.setLevel(level)
 
 
 def _onnx(graph: Graph, example: Tensor, path: Path, exporter: str, opset: int, dynamic: bool) -> None:
@@ -126,6 +136,7 @@ class OnnxRunner(Runner):
         providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use (OMP_NUM_THREADS)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()

@@ -1,7 +1,7 @@
 """What gets exported for each kind of model: a module with tensor inputs and outputs, its names and free axes.
 
 - classifiers: a batch of normalised images -> logits (the batch is free; the size is the training size);
-- segmenters: a batch of normalised images of any size -> logits (the main output, auxiliary heads dropped);
+- segmenters: a batch of normalised images of any size -> logits (in eval mode both give only the main logits);
 - torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks); the model resizes and
   normalises inside, as in eager mode. Their data-dependent shapes need TorchScript or the TorchScript-based
   ONNX exporter;
@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from cvtool.tasks.dense_inference import logits_of
-
 ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
 
 
-class DenseLogits(nn.Module):
-    """A segmenter's main logits (torchvision's {"out", "aux"} dict reduced to "out")."""
+class MainLogits(nn.Module):
+    """GoogLeNet/Inception's logits: scripted, they return (logits, aux logits...) even in eval mode."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, image: Tensor) -> Tensor:
-        return logits_of(self.model(image))
+        if torch.jit.is_scripting():
+            return self.model(image)[0]
+        return self.model(image)
 
 
 class SingleImageDetector(nn.Module):
@@ -60,6 +60,12 @@ class DenseDetections(nn.Module):
         return self.model.dense_detections(image)
 
 
+def nms_settings(model: nn.Module) -> dict:
+    """What `yolo.select_detections` needs besides the graph's outputs (recorded in the sidecar)."""
+    return {"score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
+            "detections_per_img": model.detections_per_img}
+
+
 @dataclass
 class Graph:
     """The exported module and its interface (recorded in the sidecar JSON)."""
@@ -80,12 +86,15 @@ class Graph:
 
 def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph:
     """The exportable form of a trained `model` of `task` (in eval mode, on the CPU)."""
-    model = model.eval()
-    if task == "classification":
-        return Graph(model, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
-    if task == "segmentation":
+    model = model.eval()  # eval mode: classifiers and segmenters return their main logits (no auxiliary heads)
+    if task in ("classification", "segmentation"):
+        from torchvision.models import GoogLeNet, Inception3
+
+        module = MainLogits(model).eval() if isinstance(model, (GoogLeNet, Inception3)) else model
+        if task == "classification":
+            return Graph(module, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
         axes = {0: "batch", 2: "height", 3: "width"}
-        return Graph(DenseLogits(model).eval(), "segmenter", ["logits"], axes, {"logits": axes})
+        return Graph(module, "segmenter", ["logits"], axes, {"logits": axes})
     if hasattr(model, "dense_detections"):
         axes = {"boxes": {0: "batch", 1: "predictions"}, "scores": {0: "batch", 1: "predictions"}}
         return Graph(DenseDetections(model).eval(), "dense_detector", ["boxes", "scores"],

@@ -44,7 +44,7 @@ def _one_way(a: dict, b: dict, min_score: float, score_atol: float) -> tuple[int
     """Of a's detections scoring >= min_score: how many have a same-label detection in b at IoU >= 0.5, how many
     of the others sit at b's score cut-off (scoring no more than b's lowest + score_atol: the last places of a
     top-k or a threshold, where a last-digit difference may swap detections), and the largest box-coordinate and
-    score differences to the best-overlapping partners."""
+    score (and mask probability) differences to the best-overlapping partners."""
     confident = (a["scores"] >= min_score).nonzero().flatten().tolist()
     floor = float(b["scores"].min()) if len(b["scores"]) else float("-inf")
     matched, at_cutoff, box_diff, score_diff = 0, 0, 0.0, 0.0
@@ -58,6 +58,8 @@ def _one_way(a: dict, b: dict, min_score: float, score_atol: float) -> tuple[int
         matched += 1
         box_diff = max(box_diff, float((a["boxes"][i] - b["boxes"][j]).abs().max()))
         score_diff = max(score_diff, float((a["scores"][i] - b["scores"][j]).abs()))
+        if "masks" in a and "masks" in b:  # mask probabilities count as scores
+            score_diff = max(score_diff, float((a["masks"][i].float() - b["masks"][j].float()).abs().max()))
     return matched, at_cutoff, len(confident), box_diff, score_diff
 
 

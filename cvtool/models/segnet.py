@@ -27,10 +27,12 @@ DEPTHS = range(2, 6)
 
 class MaxUnpool2d(nn.MaxUnpool2d):
     """``nn.MaxUnpool2d`` that also runs under ``torch.use_deterministic_algorithms(True)`` (where max_unpool2d
-    raises, even on CPU): non-overlapping pooling gives each value its own index, so a plain scatter is exact."""
+    raises, even on CPU) and under TorchScript tracing: non-overlapping pooling gives each value its own index, so
+    a plain scatter is exact."""
 
     def forward(self, x: Tensor, indices: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        if not torch.are_deterministic_algorithms_enabled() or output_size is None:
+        exact_scatter = torch.are_deterministic_algorithms_enabled() or torch.jit.is_tracing()  # tracing: sizes
+        if not exact_scatter or output_size is None:  # are tensors, which max_unpool2d's size checks refuse
             return super().forward(x, indices, output_size)
         n, c = x.shape[:2]
         h, w = output_size[-2:]
