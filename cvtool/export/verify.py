@@ -40,23 +40,28 @@ def dense_check(sample: str, reference: list[Tensor], exported: list[Tensor], at
     return Check(sample, passed, f"max |diff| {diff:.2e} (tolerance {tol:.2e})", diff)
 
 
-def _one_way(a: dict, b: dict, min_score: float, score_atol: float) -> tuple[int, int, int, float, float]:
-    """Of a's detections scoring >= min_score: how many have a same-label detection in b at IoU >= 0.5, how many
-    of the others sit at b's score cut-off (scoring no more than b's lowest + score_atol: the last places of a
-    top-k or a threshold, where a last-digit difference may swap detections), and the largest box-coordinate and
-    score (and mask probability) differences to the best-overlapping partners."""
+def _one_way(a: dict, b: dict, min_score: float, box_atol: float,
+             score_atol: float) -> tuple[int, int, int, float, float]:
+    """Of a's detections scoring >= min_score: how many have a partner in b (the same-label detection with the
+    nearest box corners, matched when within box_atol px or at IoU >= 0.5), how many of the others sit at b's
+    score cut-off (scoring no more than b's lowest + score_atol: the last places of a top-k or a threshold, where
+    a last-digit difference may swap detections), and the largest box-corner and score (and mask probability)
+    differences to the partners."""
     confident = (a["scores"] >= min_score).nonzero().flatten().tolist()
     floor = float(b["scores"].min()) if len(b["scores"]) else float("-inf")
     matched, at_cutoff, box_diff, score_diff = 0, 0, 0.0, 0.0
     for i in confident:
         same = (b["labels"] == a["labels"][i]).nonzero().flatten()
-        iou = box_iou(a["boxes"][i:i + 1].float(), b["boxes"][same].float())[0] if len(same) else None
-        if iou is None or float(iou.max()) < 0.5:
+        if len(same):
+            corners = (b["boxes"][same].float() - a["boxes"][i].float()).abs().amax(1)
+            j = same[corners.argmin()]
+            near = float(corners.min()) <= box_atol
+        if not len(same) or not (near or float(box_iou(a["boxes"][i:i + 1].float(), b["boxes"][j:j + 1].float()))
+                                 >= 0.5):
             at_cutoff += float(a["scores"][i]) <= floor + score_atol
             continue
-        j = same[iou.argmax()]
         matched += 1
-        box_diff = max(box_diff, float((a["boxes"][i] - b["boxes"][j]).abs().max()))
+        box_diff = max(box_diff, float(corners.min()))
         score_diff = max(score_diff, float((a["scores"][i] - b["scores"][j]).abs()))
         if "masks" in a and "masks" in b:  # mask probabilities count as scores
             score_diff = max(score_diff, float((a["masks"][i].float() - b["masks"][j].float()).abs().max()))
@@ -65,12 +70,12 @@ def _one_way(a: dict, b: dict, min_score: float, score_atol: float) -> tuple[int
 
 def detection_check(sample: str, reference: dict, exported: dict, min_score: float, box_atol: float,
                     score_atol: float) -> Check:
-    """Every detection scoring >= min_score on either side has a same-label partner on the other (IoU >= 0.5)
-    within box_atol px and score_atol, apart from detections at the other side's score cut-off."""
+    """Every detection scoring >= min_score on either side has a same-label partner on the other within box_atol
+    px and score_atol, apart from detections at the other side's score cut-off."""
     reference = {k: v.detach().cpu() for k, v in reference.items()}
     exported = {k: v.detach().cpu() for k, v in exported.items()}
-    m1, c1, n1, box1, score1 = _one_way(reference, exported, min_score, score_atol)
-    m2, c2, n2, box2, score2 = _one_way(exported, reference, min_score, score_atol)
+    m1, c1, n1, box1, score1 = _one_way(reference, exported, min_score, box_atol, score_atol)
+    m2, c2, n2, box2, score2 = _one_way(exported, reference, min_score, box_atol, score_atol)
     box_diff, score_diff = max(box1, box2), max(score1, score2)
     passed = m1 + c1 == n1 and m2 + c2 == n2 and box_diff <= box_atol and score_diff <= score_atol
     cutoff = f" ({c1 + c2} at the score cut-off)" if c1 + c2 else ""
