@@ -144,3 +144,13 @@ def test_cli_names_the_damaged_file_without_a_traceback(checkpoints, tmp_path):
     result = subprocess.run([sys.executable, "-m", "cvtool.cli.app", "predict", f"model_file={path}",
                              f"paths.runs={tmp_path / 'runs'}"], capture_output=True, text=True)
     assert result.returncode == 2 and str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_exported_input_sizes_are_kept_to_resized_for_classifiers_refused_otherwise(checkpoints, tmp_path):
+    small = run_export(checkpoints["classification"], tmp_path, "input_size=48")  # classifiers: resized to it
+    metrics, = evaluate.main([f"model_file={small['path']}", f"paths.runs={tmp_path / 'runs'}", "plots=false"])
+    assert metrics["num_samples"] == 60 and metrics["top1"] is not None
+    fixed = run_export(checkpoints["segmentation"], tmp_path, "dynamic=false", "input_size=96")
+    with pytest.raises(CvtoolError, match="takes 3x96x96 inputs") as raised:
+        predict.main([f"model_file={fixed['path']}", f"paths.runs={tmp_path / 'runs'}"])
+    assert fixed["path"] in raised.value.line()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvtool.errors import CvtoolError
@@ -45,15 +46,18 @@ class ExportedModel(nn.Module):
         graph = sidecar["graph"]
         self.kind, self.outputs = graph["kind"], graph["outputs"]
         self.label_offset = sidecar.get("label_offset", 0)
-        self.static_shape = None if graph["dynamic"] else graph["input_shape"]
+        self.input_shape = graph["input_shape"]  # ints where the shape is fixed, axis names where it is free
+        self.static_shape = None if graph["dynamic"] else self.input_shape
         self.select = sidecar.get("postprocess", {}).get("select")
 
     def _run(self, image: Tensor) -> list[Tensor]:
-        if self.static_shape is not None and list(image.shape[-2:]) != self.static_shape[-2:]:
-            h, w = self.static_shape[-2:]
-            raise CvtoolError(f"this model was exported for {h}x{w} inputs (dynamic=false), got "
-                              f"{image.shape[-2]}x{image.shape[-1]}", where=str(self.path),
-                              fix="export again with dynamic=true, or give images of that size")
+        fixed = self.input_shape[-3:]
+        if any(isinstance(want, int) and want != got for want, got in zip(fixed, image.shape[-3:])):
+            shape = "x".join(str(d) for d in fixed)
+            raise CvtoolError(f"this model takes {shape} inputs (C x H x W as exported), got "
+                              f"{'x'.join(str(d) for d in image.shape[-3:])}", where=str(self.path),
+                              fix="export again with dynamic=true or input_size= of your images, or give images "
+                                  "of that size")
         return self.runner(image)
 
     def _batched(self, images: Tensor) -> list[Tensor]:
@@ -64,6 +68,9 @@ class ExportedModel(nn.Module):
         return [torch.cat(outs) for outs in zip(*parts)]
 
     def forward(self, images):
+        if self.kind == "classifier" and list(images.shape[-2:]) != self.input_shape[-2:]:
+            # the sidecar's preprocessing: classifiers take their exported size only
+            images = F.interpolate(images.float(), self.input_shape[-2:], mode="bilinear", antialias=True)
         if self.kind in ("classifier", "segmenter"):
             return self._batched(images)[0]
         if self.kind == "detector":
