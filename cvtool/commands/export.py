@@ -21,7 +21,7 @@ from cvtool import __version__
 from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
-from cvtool.export.formats import SUFFIX, load_runner, write
+from cvtool.export.formats import SUFFIX, load_runner, onnx_opset, write
 from cvtool.export.graphs import Graph, export_graph, nms_settings
 from cvtool.export.runtime import sidecar_path
 from cvtool.export.verify import Check, as_detections, dense_check, detection_check, shape_name
@@ -138,7 +138,7 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
         "notes": written.notes, "file": written.path.name, "task": cfg.task.name, "model": cfg.model.name,
         "class_names": class_names, "label_offset": getattr(model, "label_offset", 0),
         "graph": {"kind": graph.kind, "input": graph.input_name, "input_shape": shape, "outputs": graph.outputs,
-                  "dynamic": dynamic, "opset": cfg.opset if written.format == "onnx" else None},
+                  "dynamic": dynamic, "opset": onnx_opset(written.path) if written.format == "onnx" else None},
         "preprocess": pre, "postprocess": post,
         "verification": [{"input": c.sample, "passed": c.passed, "detail": c.detail} for c in checks],
         "checkpoint": str(state["path"]), "overrides": state.get("overrides", []), "config": state["config"],

@@ -26,6 +26,7 @@ log = logging.getLogger("cvtool.export")
 warnings.filterwarnings("ignore", message=r".* always returns a \(Losses, Detections\) tuple in scripting")
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2"}
+DYNAMO_MIN_OPSET = 18  # torch.onnx's torch.export-based exporter writes no older opset
 FORMAT_OF_SUFFIX = {suffix: fmt for fmt, suffix in SUFFIX.items()}
 
 
@@ -82,18 +83,31 @@ def _torchscript(graph: Graph, example: Tensor, path: Path, written: Written) ->
     torch.jit.save(module, str(path))
 
 
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset a written ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def write(graph: Graph, example: Tensor, fmt: str, path: Path, *, opset: int, dynamic: bool) -> Written:
     """Export `graph` to `path` (its suffix is fixed up to the format actually written)."""
     written = Written(path.with_suffix(SUFFIX[fmt]), fmt, "")
     with _quiet(), torch.no_grad():
         if fmt == "onnx":
-            if graph.onnx_exporters[0] != "dynamo":
+            exporters = graph.onnx_exporters
+            if exporters[0] != "dynamo":
                 written.notes.append(f"{graph.note}: the torch.export-based ONNX exporter is skipped")
-            for exporter in graph.onnx_exporters:
+            elif opset < DYNAMO_MIN_OPSET:
+                exporters = tuple(e for e in exporters if e != "dynamo")
+                written.notes.append(f"the torch.export-based ONNX exporter writes opset {DYNAMO_MIN_OPSET} and "
+                                     f"later; opset {opset} comes from the TorchScript-based one")
+            for exporter in exporters:
                 try:
                     _onnx(graph, example, written.path, exporter, opset, dynamic)
                     written.exporter = f"torch.onnx {'dynamo' if exporter == 'dynamo' else 'TorchScript-based'}, " \
-                                       f"opset {opset}"
+                                       f"opset {onnx_opset(written.path)}"
                     return written
                 except Exception as exc:  # noqa: BLE001 - try the next exporter, say why
                     written.notes.append(f"torch.onnx {exporter} exporter failed ({_reason(exc)})")
