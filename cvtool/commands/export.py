@@ -182,15 +182,18 @@ def export(cfg: DictConfig, run_dir: Path | None) -> dict:
         Console().print(summary_table(written, checks, size_mb))
         if not all(c.passed for c in checks):
             failed = next(c for c in checks if not c.passed)
+            hint = ("; a barely trained detector's near-equal scores can reorder its detections: "
+                    "export.match_score=0.05 compares only the confident ones") if "detector" in graph.kind else ""
             raise ExitRequest(f"error: the exported {written.format} model disagrees with the eager model on input "
-                              f"{failed.sample}: {failed.detail}; nothing was written", 1)
+                              f"{failed.sample}: {failed.detail}; nothing was written{hint}", 1)
         final = target.with_suffix(written.path.suffix)
-        os.replace(written.path, final)
+        info = sidecar(cfg, graph, written, example, model, class_names, state, checks)
+        staged_sidecar = atomic_write_text(sidecar_path(written.path), json.dumps(info, indent=2) + "\n")
+        os.replace(written.path, final)  # the model, then its sidecar: two renames, nothing half-written
+        os.replace(staged_sidecar, sidecar_path(final))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     written.path = final
-    info = sidecar(cfg, graph, written, example, model, class_names, state, checks)
-    atomic_write_text(sidecar_path(final), json.dumps(info, indent=2) + "\n")
     log.info("wrote %s (%s) and %s", final, written.exporter, sidecar_path(final).name)
     return {"path": str(final), "format": written.format, "exporter": written.exporter, "notes": written.notes,
             "checks": [c.__dict__ for c in checks], "sidecar": str(sidecar_path(final)),

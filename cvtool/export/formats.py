@@ -46,7 +46,7 @@ def _reason(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet():
     """Exporters print progress, warn about every traced branch and log whole graphs when they fail; the summary
-    and the fallback notes say what matters (`--debug` shows it all)."""
+    and the fallback notes say what matters (with `hydra.verbose=cvtool` nothing is hidden)."""
     if logging.getLogger("cvtool").isEnabledFor(logging.DEBUG):
         yield
         return
@@ -78,7 +78,12 @@ def _torchscript(graph: Graph, example: Tensor, path: Path, written: Written) ->
         written.exporter = "torch.jit.script"
     except Exception as exc:  # noqa: BLE001 - any scripting failure falls back to tracing
         written.notes.append(f"torch.jit.script failed ({_reason(exc)}); traced instead")
-        module = torch.jit.trace(graph.module, (example,), check_trace=False)
+        try:
+            module = torch.jit.trace(graph.module, (example,), check_trace=False)
+        except Exception as trace_exc:  # noqa: BLE001 - neither path handles the model: say so, write nothing
+            raise CvtoolError(f"TorchScript cannot hold this model: scripting failed ({_reason(exc)}), tracing "
+                              f"failed ({_reason(trace_exc)})", where="format=torchscript",
+                              fix="try format=onnx or format=torch_export") from trace_exc
         written.exporter = "torch.jit.trace"
     torch.jit.save(module, str(path))
 
