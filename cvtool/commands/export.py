@@ -165,6 +165,10 @@ def export(cfg: DictConfig, run_dir: Path | None) -> dict:
     if cfg.format not in SUFFIX:
         raise CvtoolError(f"unknown export format '{cfg.format}'", where=f"format={cfg.format}",
                           fix=f"choose one of: {', '.join(SUFFIX)}")
+    if not isinstance(cfg.opset, int) or isinstance(cfg.opset, bool) or cfg.opset < 7:
+        raise CvtoolError(f"opset={cfg.opset} is not an ONNX opset", where="opset", fix="give a number, e.g. opset=18")
+    if not isinstance(cfg.dynamic, bool):
+        raise CvtoolError(f"dynamic={cfg.dynamic} is not true or false", where="dynamic", fix="dynamic=true|false")
     C.setup(cfg)
     model, task, class_names, state = restore(cfg, CPU)
     graph = export_graph(model, task.name, with_masks=getattr(task, "with_masks", False))

@@ -41,7 +41,6 @@ def restore(cfg: DictConfig, hardware: Hardware):
     return model, task, list(state["class_names"]), state
 
 
-
 def restore_or_load(cfg: DictConfig, hardware: Hardware):
     """`restore` for ckpt=, or an exported model (model_file=) behind the same interface (eval, predict)."""
     if not cfg.get("model_file"):

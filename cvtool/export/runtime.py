@@ -77,11 +77,12 @@ class ExportedModel(nn.Module):
             return [dict(zip(self.outputs, self._run(image))) for image in images]
         from cvtool.models.yolo import select_detections
 
-        detections = []
-        for image in images:  # dense_detector: the graph's dense predictions, then thresholds and NMS
-            boxes, scores = self._batched(image[None])
-            detections.append(select_detections(boxes[0], scores[0], tuple(image.shape[-2:]), **self.select))
-        return detections
+        # dense_detector: the graph's dense predictions (one call for same-size images), then thresholds and NMS
+        same_size = len({tuple(image.shape) for image in images}) == 1
+        groups = [torch.stack(list(images))] if same_size else [image[None] for image in images]
+        dense = [(b, s) for group in groups for b, s in zip(*self._batched(group))]
+        return [select_detections(boxes, scores, tuple(image.shape[-2:]), **self.select)
+                for image, (boxes, scores) in zip(images, dense)]
 
 
 def load_exported(model_file: str | Path, device: torch.device) -> tuple[ExportedModel, dict]:
