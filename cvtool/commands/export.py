@@ -64,9 +64,8 @@ def samples(cfg: DictConfig, task, graph: Graph, class_names: list[str]) -> tupl
     height, width = size = input_size(cfg, cfg.dataset.image_size)
     other = (max(32, round(height * 0.75)), max(32, round(width * 1.25)))
     images = _images(cfg, task, class_names, 3, size)
-    if graph.kind in ("classifier", "segmenter"):
-        mean = torch.tensor(cfg.dataset.mean).view(1, -1, 1, 1)
-        images = (images - mean) / torch.tensor(cfg.dataset.std).view(1, -1, 1, 1)
+    if graph.kind in ("classifier", "segmenter"):  # normalised as the task's preprocess does
+        images = task.normalise(images * 255, CPU)
     resized = F.interpolate(images[1:3], other, mode="bilinear")
     if not cfg.dynamic:
         pick = (lambda i: images[i]) if not graph.batched else (lambda i: images[i:i + 1])
@@ -126,13 +125,7 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
            "size": list(input_size(cfg, cfg.dataset.image_size)),
            "resize": "to size (classifiers take only it)" if graph.kind == "classifier"
            else "none needed: the graph takes any size" if dynamic else "to size (dynamic=false)"}
-    post = {"classifier": {"logits": "softmax over classes"},
-            "segmenter": {"logits": "argmax over classes (axis 1) = class index per pixel"},
-            "detector": {"boxes": "xyxy in input pixels", "labels": f"class index + {getattr(model, 'label_offset', 0)}"
-                         " (label_offset)", "scores": "confidence"},
-            "dense_detector": {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
-                               "select": nms_settings(model) if graph.kind == "dense_detector" else None},
-            }[graph.kind]
+    post = _postprocess(graph, model)
     return {
         "cvtool_version": __version__, "format": written.format, "exporter": written.exporter,
         "notes": written.notes, "file": written.path.name, "task": cfg.task.name, "model": cfg.model.name,
@@ -143,6 +136,19 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
         "verification": [{"input": c.sample, "passed": c.passed, "detail": c.detail} for c in checks],
         "checkpoint": str(state["path"]), "overrides": state.get("overrides", []), "config": state["config"],
     }
+
+
+def _postprocess(graph: Graph, model) -> dict:
+    """How to read the graph's outputs."""
+    if graph.kind == "classifier":
+        return {"logits": "softmax over classes"}
+    if graph.kind == "segmenter":
+        return {"logits": "argmax over classes (axis 1) = class index per pixel"}
+    if graph.kind == "detector":
+        return {"boxes": "xyxy in input pixels", "scores": "confidence",
+                "labels": f"class index + {getattr(model, 'label_offset', 0)} (label_offset)"}
+    return {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
+            "select": nms_settings(model)}
 
 
 def summary_table(written, checks: list[Check], size_mb: float) -> Table:

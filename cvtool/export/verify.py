@@ -40,10 +40,22 @@ def dense_check(sample: str, reference: list[Tensor], exported: list[Tensor], at
     return Check(sample, passed, f"max |diff| {diff:.2e} (tolerance {tol:.2e})", diff)
 
 
+def _partner(a: dict, i: int, b: dict, box_atol: float) -> tuple[int, float] | None:
+    """b's same-label detection with the box corners nearest to a's detection i, and their largest corner
+    difference; None when there is none within box_atol px or at IoU >= 0.5."""
+    same = (b["labels"] == a["labels"][i]).nonzero().flatten()
+    if not len(same):
+        return None
+    corners = (b["boxes"][same].float() - a["boxes"][i].float()).abs().amax(1)
+    j, diff = int(same[corners.argmin()]), float(corners.min())
+    if diff <= box_atol or float(box_iou(a["boxes"][i:i + 1].float(), b["boxes"][j:j + 1].float())) >= 0.5:
+        return j, diff
+    return None
+
+
 def _one_way(a: dict, b: dict, min_score: float, box_atol: float,
              score_atol: float) -> tuple[int, int, int, float, float]:
-    """Of a's detections scoring >= min_score: how many have a partner in b (the same-label detection with the
-    nearest box corners, matched when within box_atol px or at IoU >= 0.5), how many of the others sit at b's
+    """Of a's detections scoring >= min_score: how many have a partner in b, how many of the others sit at b's
     score cut-off (scoring no more than b's lowest + score_atol: the last places of a top-k or a threshold, where
     a last-digit difference may swap detections), and the largest box-corner and score (and mask probability)
     differences to the partners."""
@@ -51,17 +63,13 @@ def _one_way(a: dict, b: dict, min_score: float, box_atol: float,
     floor = float(b["scores"].min()) if len(b["scores"]) else float("-inf")
     matched, at_cutoff, box_diff, score_diff = 0, 0, 0.0, 0.0
     for i in confident:
-        same = (b["labels"] == a["labels"][i]).nonzero().flatten()
-        if len(same):
-            corners = (b["boxes"][same].float() - a["boxes"][i].float()).abs().amax(1)
-            j = same[corners.argmin()]
-            near = float(corners.min()) <= box_atol
-        if not len(same) or not (near or float(box_iou(a["boxes"][i:i + 1].float(), b["boxes"][j:j + 1].float()))
-                                 >= 0.5):
+        partner = _partner(a, i, b, box_atol)
+        if partner is None:
             at_cutoff += float(a["scores"][i]) <= floor + score_atol
             continue
+        j, corners = partner
         matched += 1
-        box_diff = max(box_diff, float(corners.min()))
+        box_diff = max(box_diff, corners)
         score_diff = max(score_diff, float((a["scores"][i] - b["scores"][j]).abs()))
         if "masks" in a and "masks" in b:  # mask probabilities count as scores
             score_diff = max(score_diff, float((a["masks"][i].float() - b["masks"][j].float()).abs().max()))
