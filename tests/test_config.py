@@ -106,3 +106,28 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     assert len(cfg.dataset.train_transforms) == 1
     cfg = runner.compose("train", ["task=segmentation", "model=unet", "dataset=voc_seg"])
     assert not cfg.model.aux and cfg.task.aux_weight == 0.5 and len(cfg.dataset.train_transforms) > 1
+
+
+def test_voc_and_coco_train_with_the_published_recipe_and_scale_lr_to_the_batch(monkeypatch):
+    from cvtool.commands.components import scaled_lr
+
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", "dataset=coco", "dataset.root=/c"])
+    assert cfg.optim._target_ == "torch.optim.SGD" and not cfg.optim.nesterov
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.02, 0.9, 1e-4)
+    assert (cfg.sched.name, list(cfg.sched.milestones), cfg.trainer.epochs) == ("multistep", [8, 11], 12)
+    assert cfg.trainer.clip_grad_norm is None and cfg.data.aspect_ratio_grouping
+    assert scaled_lr(cfg) == pytest.approx(0.02 * 2 / 16)  # 2 images on one process; 0.02 is for 16
+    monkeypatch.setattr("cvtool.utils.distributed.world_size", lambda: 8)
+    assert scaled_lr(cfg) == pytest.approx(0.02)
+    cfg = runner.compose("train", ["task=detection", "model=retinanet", "dataset=voc", "dataset.root=/v"])
+    assert (cfg.optim.lr, list(cfg.sched.milestones), cfg.trainer.epochs) == (0.01, [12, 16], 18)
+    cfg = runner.compose("train", ["task=detection", "model=ssdlite", "dataset=coco", "dataset.root=/c"])
+    assert (cfg.sched.name, cfg.optim.lr, cfg.trainer.lr_reference_batch) == ("cosine", 0.15, 192)
+    cfg = runner.compose("train", ["task=segmentation", "model=fcn", "dataset=voc_seg", "dataset.root=/v"])
+    assert (cfg.optim._target_, cfg.sched.name, cfg.optim.lr, cfg.trainer.lr_reference_batch) == (
+        "torch.optim.SGD", "poly", 0.02, 32)
+    # the command line still wins; the CPU-sized shapes data keeps AdamW without scaling
+    cfg = runner.compose("train", ["task=detection", "dataset=coco", "dataset.root=/c", "optim=adamw", "sched=cosine"])
+    assert cfg.optim._target_ == "torch.optim.AdamW" and cfg.sched.name == "cosine"
+    cfg = runner.compose("train", ["task=detection"])
+    assert cfg.optim._target_ == "torch.optim.AdamW" and scaled_lr(cfg) == cfg.optim.lr

@@ -50,6 +50,12 @@ def test_step_and_multistep_decay_at_epoch_boundaries():
     assert multi == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_poly_decay_is_torchvision_segmentation_formula():
+    values = lrs({"name": "poly", "warmup_epochs": 0.0, "warmup_start_ratio": 0.001, "power": 0.9,
+                  "milestones": [], "gamma": 0.1, "min_lr_ratio": 0.0}, 5, 2)
+    assert values == pytest.approx([(1 - s / 10) ** 0.9 for s in range(10)], abs=1e-12)
+
+
 def test_evaluator_counts_hand_computed_case():
     ev = ClassificationEvaluator(num_classes=3, topk=2)
     logits = torch.tensor([[3.0, 2.0, 1.0],   # true 0: top1 hit

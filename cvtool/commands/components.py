@@ -112,7 +112,18 @@ def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
         if param.requires_grad:
             (no_decay if param.ndim <= 1 and not cfg.trainer.decay_norm_and_bias else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return instantiate(cfg.optim, "optim")([g for g in groups if g["params"]])
+    return instantiate(cfg.optim, "optim")([g for g in groups if g["params"]], lr=scaled_lr(cfg))
+
+
+def scaled_lr(cfg: DictConfig) -> float:
+    """`optim.lr`, scaled linearly from `trainer.lr_reference_batch` images to the run's effective batch."""
+    lr, reference = float(cfg.optim.lr), cfg.trainer.lr_reference_batch
+    if not reference:
+        return lr
+    batch = cfg.data.batch_size * cfg.trainer.grad_accum * dist.world_size()
+    log.info("lr %g is for %d images; %g for this run's effective batch of %d (linear scaling)",
+             lr, reference, lr * batch / reference, batch)
+    return lr * batch / reference
 
 
 def to_device(model: torch.nn.Module, hardware: Hardware) -> torch.nn.Module:

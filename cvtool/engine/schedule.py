@@ -1,4 +1,4 @@
-"""Learning-rate schedules stepped every optimizer step: linear warmup, then cosine, step or multistep."""
+"""Learning-rate schedules stepped every optimizer step: linear warmup, then cosine, poly, step or multistep."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 class LRFactor:
     """lr multiplier as a function of the optimizer step (a picklable object, so LambdaLR can save it).
 
-    `params` holds the schedule's own keys from `sched/<name>.yaml` (min_lr_ratio, step_epochs, gamma, milestones).
+    `params` holds the schedule's own keys from `sched/<name>.yaml` (min_lr_ratio, power, step_epochs, gamma,
+    milestones); keys of other kinds are ignored.
     """
 
     name: str
@@ -35,6 +36,8 @@ class LRFactor:
         if self.name == "cosine":
             progress = min(step / self.total_steps, 1.0)
             return p["min_lr_ratio"] + (1 - p["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.name == "poly":
+            return (1.0 - min(step / self.total_steps, 1.0)) ** p["power"]
         if self.name == "step":
             return p["gamma"] ** math.floor(epoch / p["step_epochs"])
         if self.name == "multistep":
