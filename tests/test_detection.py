@@ -159,6 +159,26 @@ def test_backbone_weights_from_a_local_classifier_file(tmp_path):
         create_model("faster_rcnn", num_classes=5, weights_backbone=str(tmp_path / "missing.pt"))
 
 
+def test_group_norm_for_from_scratch_resnet_fpn_detectors():
+    from torch import nn
+
+    from cvtool.models import create_model
+
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn"])
+    assert cfg.model.norm == "gn"  # the shapes recipe trains from scratch
+    model = create_model("faster_rcnn", num_classes=5, norm="gn", min_size=128, max_size=128)
+    norms = [type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)]
+    assert norms and set(norms) == {nn.GroupNorm}
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.backbone.fpn.modules()) == 8  # 4 lateral + 4 output convs
+    assert all(m.num_groups == 32 for m in model.modules() if isinstance(m, nn.GroupNorm))
+    with pytest.raises(CvtoolError, match="pretrained weights hold BatchNorm"):
+        create_model("faster_rcnn", num_classes=5, norm="gn", weights_backbone="IMAGENET1K_V1")
+    with pytest.raises(CvtoolError, match="ResNet-50-FPN"):
+        create_model("ssdlite", num_classes=5, norm="gn")
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", "dataset=coco", "dataset.root=/c"])
+    assert cfg.model.norm == "auto"
+
+
 def test_aspect_ratio_grouping_makes_batches_of_one_group():
     from cvtool.data.samplers import grouped
 

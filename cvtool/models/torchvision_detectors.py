@@ -13,6 +13,8 @@ from functools import partial
 
 from torch import nn
 from torchvision.models import detection
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -54,6 +56,7 @@ DETECTORS = {
                         "SSDlite, MobileNet-v3-Large (Sandler et al. 2018)"),
 }
 LABEL_OFFSET = {"rcnn": 1, "mask_rcnn": 1, "ssd": 1, "retinanet": 0, "fcos": 0}  # background at index 0?
+NORMS = ("auto", "gn")
 
 
 def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> AnchorGenerator | None:
@@ -69,6 +72,30 @@ def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> An
         per_level = tuple((s,) for s in sizes)
     return AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))
 
+
+def _group_norm(model: nn.Module, groups: int = 32) -> None:
+    """GroupNorm in place of every BatchNorm, and in the FPN (torchvision's v1 FPN has no norm layers): how He et
+    al. (2019, "Rethinking ImageNet Pre-training") train FPN detectors from scratch."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d | FrozenBatchNorm2d):
+                setattr(parent, name, nn.GroupNorm(groups, child.weight.shape[0]))
+    fpn = model.backbone.fpn
+    if not any(isinstance(m, nn.GroupNorm) for m in fpn.modules()):
+        model.backbone.fpn = FeaturePyramidNetwork([b[0].in_channels for b in fpn.inner_blocks],
+                                                   fpn.layer_blocks[0][0].out_channels, extra_blocks=fpn.extra_blocks,
+                                                   norm_layer=partial(nn.GroupNorm, groups))
+
+
+def _check_norm(spec: Detector, name: str, norm: str, pretrained_weights: bool) -> None:
+    if norm not in NORMS:
+        raise CvtoolError(f"unknown norm {norm!r} for {name}", where="model.norm", fix=f"use one of {', '.join(NORMS)}")
+    if norm == "gn" and spec.backbone != "resnet50":
+        raise CvtoolError(f"norm=gn is for the ResNet-50-FPN detectors, not {name}", where="model.norm",
+                          fix="use model.norm=auto")
+    if norm == "gn" and pretrained_weights:
+        raise CvtoolError("norm=gn trains from scratch: the pretrained weights hold BatchNorm layers",
+                          where="model.norm", fix="use model.norm=auto with model.weights / model.weights_backbone")
 
 
 def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float) -> None:
@@ -100,10 +127,11 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                    *, weights_backbone: str | None = None, anchor_sizes: list[int] | None = None,
                    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), size: int | None = None,
                    min_ratio: float = 0.15, max_ratio: float = 0.9, bn_momentum: float | None = None,
-                   **kwargs) -> nn.Module:
+                   norm: str = "auto", **kwargs) -> nn.Module:
     if in_channels != 3:
         raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
                           fix="use an RGB dataset")
+    _check_norm(spec, name, norm, weights is not None or weights_backbone is not None)
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
     anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
@@ -128,6 +156,8 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
         load_weights_file(getattr(model.backbone, "body", model.backbone), backbone_file)
     if spec.family == "ssd" and size is not None:
         _resize_ssd(model, size, min_ratio, max_ratio)
+    if norm == "gn":
+        _group_norm(model)
     if bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
