@@ -13,10 +13,10 @@ from functools import partial
 
 from torch import nn
 from torchvision.models import detection
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import register_model
