@@ -24,8 +24,8 @@ def test_cli_module_does_not_import_torch():
 def test_command_help_lists_config_groups_and_choices(command):
     result = cvtool(command, "--help")
     assert result.returncode == 0
-    for expected in ("task: classification", "hardware: auto, cpu, ddp, gpu", "optim: adamw, sgd",
-                     "sched: cosine, multistep, step"):
+    for expected in ("task: classification", "hardware: auto, cpu, ddp, gpu", "optim: adamw, sgd, sgd_published",
+                     "sched: cosine, multistep, poly, published, step"):
         assert expected in result.stdout
 
 
