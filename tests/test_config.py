@@ -131,3 +131,7 @@ def test_voc_and_coco_train_with_the_published_recipe_and_scale_lr_to_the_batch(
     assert cfg.optim._target_ == "torch.optim.AdamW" and cfg.sched.name == "cosine"
     cfg = runner.compose("train", ["task=detection"])
     assert cfg.optim._target_ == "torch.optim.AdamW" and scaled_lr(cfg) == cfg.optim.lr
+    for bad in ("abc", 0):
+        cfg = runner.compose("train", ["task=detection", f"trainer.lr_reference_batch={bad}"])
+        with pytest.raises(CvtoolError, match="trainer.lr_reference_batch must be a positive number"):
+            scaled_lr(cfg)

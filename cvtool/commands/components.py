@@ -118,8 +118,11 @@ def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
 def scaled_lr(cfg: DictConfig) -> float:
     """`optim.lr`, scaled linearly from `trainer.lr_reference_batch` images to the run's effective batch."""
     lr, reference = float(cfg.optim.lr), cfg.trainer.lr_reference_batch
-    if not reference:
+    if reference is None:
         return lr
+    if isinstance(reference, bool) or not isinstance(reference, int) or reference < 1:
+        raise CvtoolError(f"trainer.lr_reference_batch must be a positive number of images, got {reference!r}",
+                          where="trainer.lr_reference_batch", fix="e.g. trainer.lr_reference_batch=16, or null")
     batch = cfg.data.batch_size * cfg.trainer.grad_accum * dist.world_size()
     log.info("lr %g is for %d images; %g for this run's effective batch of %d (linear scaling)",
              lr, reference, lr * batch / reference, batch)
