@@ -94,7 +94,7 @@ def test_job_errors_propagate_unchanged(tmp_path):
 
 def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     cfg = runner.compose("train", ["task=detection", "model=faster_rcnn"])
-    assert (cfg.trainer.epochs, cfg.data.batch_size) == (2, 8)  # shapes_det's faster_rcnn row
+    assert (cfg.trainer.epochs, cfg.data.batch_size) == (3, 8)  # shapes_det's faster_rcnn row
     cfg = runner.compose("train", ["task=detection", "model=ssdlite"])
     assert (cfg.trainer.epochs, cfg.data.batch_size) == (12, 32)  # its default row
     cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg"])

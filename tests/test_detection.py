@@ -179,6 +179,24 @@ def test_group_norm_for_from_scratch_resnet_fpn_detectors():
     assert cfg.model.norm == "auto"
 
 
+def test_roi_sampling_ratio_and_pre_nms_counts_reach_the_r_cnn_heads():
+    from cvtool.models import create_model
+
+    cfg = runner.compose("train", ["task=detection", "model=mask_rcnn"])
+    assert (cfg.model.roi_sampling_ratio, cfg.model.rpn_pre_nms_top_n_train) == (1, 600)  # the shapes CPU recipe
+    model = create_model("mask_rcnn", num_classes=3, min_size=128, max_size=128, roi_sampling_ratio=1,
+                         rpn_pre_nms_top_n_train=600)
+    assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 1
+    assert model.rpn._pre_nms_top_n["training"] == 600
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", "dataset=coco", "dataset.root=/c"])
+    assert (cfg.model.roi_sampling_ratio, cfg.model.rpn_pre_nms_top_n_train) == (2, 2000)  # torchvision's
+    for bad in (-1, 1.5, "two"):
+        with pytest.raises(CvtoolError, match="roi_sampling_ratio must be an integer"):
+            create_model("faster_rcnn", num_classes=3, roi_sampling_ratio=bad)
+    with pytest.raises(CvtoolError, match="has no RoI pooling"):
+        create_model("retinanet", num_classes=3, roi_sampling_ratio=1)
+
+
 def test_aspect_ratio_grouping_makes_batches_of_one_group():
     from cvtool.data.samplers import grouped
 

@@ -112,6 +112,18 @@ def test_gpu_hardware_without_gpu_is_a_clear_error():
     assert resolve_hardware(cfg | {"device": "auto"}).amp_dtype == (torch.bfloat16 if native_cpu_bf16() else None)
 
 
+def test_channels_last_except_group_norm_models_on_cpu():
+    from torch import nn
+
+    from cvtool.commands.components import to_device
+
+    hw = resolve_hardware(hardware_cfg(channels_last=True))
+    bn = to_device(nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32)), hw)
+    gn = to_device(nn.Sequential(nn.Conv2d(3, 32, 3), nn.GroupNorm(8, 32)), hw)
+    assert bn[0].weight.is_contiguous(memory_format=torch.channels_last) and not bn[0].weight.is_contiguous()
+    assert gn[0].weight.is_contiguous()  # NHWC GroupNorm backward is ~10x slower on CPUs
+
+
 def test_ddp_hardware_outside_torchrun_explains_the_launch(monkeypatch):
     for key in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)

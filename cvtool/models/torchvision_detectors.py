@@ -108,6 +108,19 @@ def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float)
                                                fixed_size=(size, size))
 
 
+def _set_roi_sampling(model: nn.Module, spec: Detector, name: str, ratio: int) -> None:
+    """RoIAlign's sampling points per bin side (torchvision: 2; 1 quarters its CPU-bound backward)."""
+    if spec.family not in ("rcnn", "mask_rcnn"):
+        raise CvtoolError(f"{name} has no RoI pooling", where="model.roi_sampling_ratio", fix="remove the key")
+    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 0:
+        raise CvtoolError(f"roi_sampling_ratio must be an integer >= 0, got {ratio!r}",
+                          where="model.roi_sampling_ratio",
+                          fix="use 2 (torchvision's), 1 (faster on CPUs) or 0 (adaptive)")
+    for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+        if pool is not None:
+            pool.sampling_ratio = ratio
+
+
 def _replace_heads(model: nn.Module, spec: Detector, num_classes: int) -> None:
     """COCO-pretrained R-CNN heads -> `num_classes` (+ background) outputs, for fine-tuning."""
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -127,7 +140,7 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                    *, weights_backbone: str | None = None, anchor_sizes: list[int] | None = None,
                    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), size: int | None = None,
                    min_ratio: float = 0.15, max_ratio: float = 0.9, bn_momentum: float | None = None,
-                   norm: str = "auto", **kwargs) -> nn.Module:
+                   norm: str = "auto", roi_sampling_ratio: int | None = None, **kwargs) -> nn.Module:
     if in_channels != 3:
         raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
                           fix="use an RGB dataset")
@@ -158,6 +171,8 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
         _resize_ssd(model, size, min_ratio, max_ratio)
     if norm == "gn":
         _group_norm(model)
+    if roi_sampling_ratio is not None:
+        _set_roi_sampling(model, spec, name, roi_sampling_ratio)
     if bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
