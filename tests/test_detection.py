@@ -198,6 +198,9 @@ def test_roi_sampling_pre_nms_and_positive_fraction_reach_the_r_cnn_heads():
             create_model("faster_rcnn", num_classes=3, roi_sampling_ratio=bad)
     with pytest.raises(CvtoolError, match="has no RoI pooling"):
         create_model("retinanet", num_classes=3, roi_sampling_ratio=1)
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(CvtoolError, match="box_positive_fraction must be a number"):
+            create_model("faster_rcnn", num_classes=3, box_positive_fraction=bad)
 
 
 def test_aspect_ratio_grouping_makes_batches_of_one_group():

@@ -145,6 +145,10 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
         raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
                           fix="use an RGB dataset")
     _check_norm(spec, name, norm, weights is not None or weights_backbone is not None)
+    fraction = kwargs.get("box_positive_fraction", 0.25)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise CvtoolError(f"box_positive_fraction must be a number in (0, 1], got {fraction!r}",
+                          where="model.box_positive_fraction", fix="use 0.25 (torchvision's) or 0.5")
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
     anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
