@@ -108,14 +108,22 @@ def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float)
                                                fixed_size=(size, size))
 
 
-def _set_roi_sampling(model: nn.Module, spec: Detector, name: str, ratio: int) -> None:
+def _check_roi_sampling(spec: Detector, name: str, ratio: int | None, fraction) -> None:
+    """Refuse bad RoI sampling values before anything is built."""
+    if ratio is not None:
+        if spec.family not in ("rcnn", "mask_rcnn"):
+            raise CvtoolError(f"{name} has no RoI pooling", where="model.roi_sampling_ratio", fix="remove the key")
+        if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 0:
+            raise CvtoolError(f"roi_sampling_ratio must be an integer >= 0, got {ratio!r}",
+                              where="model.roi_sampling_ratio",
+                              fix="use 2 (torchvision's), 1 (faster on CPUs) or 0 (adaptive)")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise CvtoolError(f"box_positive_fraction must be a number in (0, 1], got {fraction!r}",
+                          where="model.box_positive_fraction", fix="use 0.25 (torchvision's) or 0.5")
+
+
+def _set_roi_sampling(model: nn.Module, ratio: int) -> None:
     """RoIAlign's sampling points per bin side (torchvision: 2; 1 quarters its CPU-bound backward)."""
-    if spec.family not in ("rcnn", "mask_rcnn"):
-        raise CvtoolError(f"{name} has no RoI pooling", where="model.roi_sampling_ratio", fix="remove the key")
-    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 0:
-        raise CvtoolError(f"roi_sampling_ratio must be an integer >= 0, got {ratio!r}",
-                          where="model.roi_sampling_ratio",
-                          fix="use 2 (torchvision's), 1 (faster on CPUs) or 0 (adaptive)")
     for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
         if pool is not None:
             pool.sampling_ratio = ratio
@@ -145,10 +153,7 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
         raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
                           fix="use an RGB dataset")
     _check_norm(spec, name, norm, weights is not None or weights_backbone is not None)
-    fraction = kwargs.get("box_positive_fraction", 0.25)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise CvtoolError(f"box_positive_fraction must be a number in (0, 1], got {fraction!r}",
-                          where="model.box_positive_fraction", fix="use 0.25 (torchvision's) or 0.5")
+    _check_roi_sampling(spec, name, roi_sampling_ratio, kwargs.get("box_positive_fraction", 0.25))
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
     anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
@@ -176,7 +181,7 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
     if norm == "gn":
         _group_norm(model)
     if roi_sampling_ratio is not None:
-        _set_roi_sampling(model, spec, name, roi_sampling_ratio)
+        _set_roi_sampling(model, roi_sampling_ratio)
     if bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
