@@ -184,12 +184,12 @@ def test_roi_sampling_pre_nms_and_positive_fraction_reach_the_r_cnn_heads():
 
     cfg = runner.compose("train", ["task=detection", "model=mask_rcnn"])
     shapes = (cfg.model.roi_sampling_ratio, cfg.model.rpn_pre_nms_top_n_train, cfg.model.box_positive_fraction)
-    assert shapes == (1, 600, 0.5)  # the shapes CPU recipe
+    assert shapes == (1, 600, 0.75)  # the shapes CPU recipe
     model = create_model("mask_rcnn", num_classes=3, min_size=128, max_size=128, roi_sampling_ratio=1,
-                         rpn_pre_nms_top_n_train=600, box_positive_fraction=0.5)
+                         rpn_pre_nms_top_n_train=600, box_positive_fraction=0.75)
     assert model.roi_heads.box_roi_pool.sampling_ratio == model.roi_heads.mask_roi_pool.sampling_ratio == 1
     assert model.rpn._pre_nms_top_n["training"] == 600
-    assert model.roi_heads.fg_bg_sampler.positive_fraction == 0.5
+    assert model.roi_heads.fg_bg_sampler.positive_fraction == 0.75
     cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", "dataset=coco", "dataset.root=/c"])
     published = (cfg.model.roi_sampling_ratio, cfg.model.rpn_pre_nms_top_n_train, cfg.model.box_positive_fraction)
     assert published == (2, 2000, 0.25)  # torchvision's
