@@ -12,26 +12,35 @@ import time
 from train_harness import fresh, main
 
 from cvtool.commands import components as C
+from cvtool.engine.inference import autocast
 from cvtool.tasks.detection import label_offset
 
 
-def reference_loop(cfg, hardware, task, dataset) -> float:
-    """torchvision references/detection/engine.py train_one_epoch, minus its logging."""
-    model, optimizer = fresh(cfg, task, dataset)
-    loader = C.loader(dataset, cfg, hardware, train=True)
-    loader.sampler.set_epoch(0)
-    offset = label_offset(model)
+def train_one_epoch(model, optimizer, loader, offset: int, hardware, scheduler=None) -> int:
+    """torchvision references/detection/engine.py train_one_epoch, minus its logging; returns images seen."""
     model.train()
-    start, images_seen = time.perf_counter(), 0
+    images_seen = 0
     for images, targets in loader:
         images = [image.float() / 255 for image in images]
         targets = [{"boxes": t["boxes"], "labels": t["labels"] + offset} for t in targets]
-        loss_dict = model(images, targets)
+        with autocast(hardware):
+            loss_dict = model(images, targets)
         losses = sum(loss for loss in loss_dict.values())
         optimizer.zero_grad()
         losses.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         images_seen += len(images)
+    return images_seen
+
+
+def reference_loop(cfg, hardware, task, dataset) -> float:
+    model, optimizer = fresh(cfg, task, dataset)
+    loader = C.loader(dataset, cfg, hardware, train=True)
+    loader.sampler.set_epoch(0)
+    start = time.perf_counter()
+    images_seen = train_one_epoch(model, optimizer, loader, label_offset(model), hardware)
     return images_seen / (time.perf_counter() - start)
 
 

@@ -119,7 +119,8 @@ def _check_roi_sampling(spec: Detector, name: str, ratio: int | None, fraction) 
                               fix="use 2 (torchvision's), 1 (faster on CPUs) or 0 (adaptive)")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise CvtoolError(f"box_positive_fraction must be a number in (0, 1], got {fraction!r}",
-                          where="model.box_positive_fraction", fix="use 0.25 (torchvision's) or 0.75 (the shapes recipe)")
+                          where="model.box_positive_fraction",
+                          fix="use 0.25 (torchvision's) or 0.75 (the shapes recipe)")
 
 
 def _set_roi_sampling(model: nn.Module, ratio: int) -> None:
