@@ -112,6 +112,23 @@ def test_gpu_hardware_without_gpu_is_a_clear_error():
     assert resolve_hardware(cfg | {"device": "auto"}).amp_dtype == (torch.bfloat16 if native_cpu_bf16() else None)
 
 
+def test_amp_auto_on_cpu_leaves_models_marked_amp_on_cpu_false_in_full_precision(monkeypatch):
+    from cvtool.commands import components as C
+    from cvtool.config import runner
+    from cvtool.engine import hardware
+
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)
+    cfg = hardware_cfg(amp="auto")
+    assert resolve_hardware(cfg).amp_dtype == torch.bfloat16
+    assert resolve_hardware(cfg, amp_on_cpu=False).amp_dtype is None
+    assert resolve_hardware(cfg | {"amp": "bf16"}, amp_on_cpu=False).amp_dtype == torch.bfloat16  # asked for
+    ssdlite = runner.compose("train", ["task=detection", "model=ssdlite", "hardware.device=cpu"])
+    assert C.setup(ssdlite).amp_dtype is None  # its depthwise convs: slower and NaN-prone in bf16 on CPUs
+    yolo = runner.compose("train", ["task=detection", "model=yolo", "hardware.device=cpu"])
+    assert C.setup(yolo).amp_dtype == torch.bfloat16
+    assert C.task_from(ssdlite).build_model(C.plain(ssdlite.model), 3) is not None  # not a builder argument
+
+
 def test_channels_last_except_group_norm_models_on_cpu():
     from torch import nn
 
@@ -170,6 +187,44 @@ def toy_weights_after_one_epoch(batch_size: int, grad_accum: int, tmp_path) -> t
     trainer.fit()
     assert trainer.step == 16 // (batch_size * grad_accum)
     return model.weight.detach().clone()
+
+
+class ExplodingTask(ToyTask):
+    """The toy regression whose loss turns NaN from the `at`-th training step on."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def training_step(self, model, batch):
+        self.calls += 1
+        loss = super().training_step(model, batch)["loss"]
+        return {"loss": loss * math.nan if self.calls >= self.at else loss}
+
+
+def test_a_nan_loss_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    from cvtool.data.samplers import ResumableSampler
+    from cvtool.engine.checkpoint import load_checkpoint
+    from cvtool.engine.hooks import CheckpointHook
+    from cvtool.engine.metrics_log import MetricsLogger
+    from cvtool.engine.trainer import Trainer
+
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3), torch.randn(16))
+    sampler = ResumableSampler(data, num_replicas=1, rank=0, shuffle=False, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, sampler=sampler)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, {"name": "step", "warmup_epochs": 0.0, "warmup_start_ratio": 1.0,
+                                  "step_epochs": 100, "gamma": 0.1}, len(loader), 3)
+    trainer = Trainer(model, ExplodingTask(at=6), opt, sched, loader, hardware=resolve_hardware(hardware_cfg()),
+                      epochs=3, grad_accum=1, clip_grad_norm=1.0, stop_after=None,
+                      logger=MetricsLogger(None, False),
+                      checkpoint_meta={"config": {}, "task": "toy", "class_names": []})
+    trainer.register_hooks(checkpoint=CheckpointHook(tmp_path))
+    with pytest.raises(CvtoolError, match=r"NaN or infinite between steps 4 and 8 \(epoch 2\); .*last.pt keeps") as err:
+        trainer.fit()
+    assert "optim.lr" in str(err.value) and "hardware.amp=off" in str(err.value)
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values())
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):

@@ -47,7 +47,7 @@ def setup(cfg: DictConfig) -> Hardware:
     """Join DDP if asked, resolve the device/precision, seed everything (per rank, for varied augmentation)."""
     hw = plain(cfg.hardware)
     init_distributed(hw)
-    hardware = resolve_hardware(hw)
+    hardware = resolve_hardware(hw, amp_on_cpu="model" not in cfg or cfg.model.get("amp_on_cpu", True))
     seed_everything(cfg.seed + dist.rank(), cfg.deterministic)
     return hardware
 

@@ -50,8 +50,9 @@ def _auto(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
 
 
-def resolve_hardware(cfg: dict) -> Hardware:
-    """`cfg` is the plain `hardware` config section."""
+def resolve_hardware(cfg: dict, amp_on_cpu: bool = True) -> Hardware:
+    """`cfg` is the plain `hardware` config section; `amp_on_cpu=False` (a model's `amp_on_cpu`) makes amp=auto
+    full precision on CPUs."""
     distributed = bool(cfg["distributed"])
     if distributed and not dist.launched_by_torchrun():
         raise CvtoolError("hardware=ddp needs to be launched by torchrun", where="hardware=ddp",
@@ -61,7 +62,7 @@ def resolve_hardware(cfg: dict) -> Hardware:
     amp = str(cfg["amp"])
     if amp == "auto":
         amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else (
-            "bf16" if native_cpu_bf16() else "off")
+            "bf16" if native_cpu_bf16() and amp_on_cpu else "off")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None, "False": None}
     if amp not in dtypes:
         raise CvtoolError(f"unknown hardware.amp '{amp}'", where="hardware.amp", fix="use auto, bf16, fp16 or off")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cvtool.errors import ExitRequest
+from cvtool.errors import CvtoolError, ExitRequest
 from cvtool.utils import distributed as dist
 from cvtool.utils.seeding import rng_state, set_rng_state
 
@@ -24,6 +24,9 @@ from .inference import autocast
 from .metrics_log import MetricsLogger
 
 log = logging.getLogger("cvtool.train")
+
+FINITE_CHECK_EVERY = 50  # optimizer steps between checks that the loss stayed finite (a device sync), and each
+                         # epoch's end, before validation and checkpoints see the weights
 
 
 class Trainer:
@@ -53,6 +56,8 @@ class Trainer:
         self.val_metrics_this_epoch: dict | None = None
         self.last_batch_size, self.lr = 0, 0.0
         self._signal: int | None = None
+        self._loss_finite = torch.ones((), dtype=torch.bool, device=hardware.device)
+        self._finite_since = 0
 
     def register_hooks(self, **hooks: Hook) -> None:
         """Hooks run in registration order (evaluation must come before checkpointing)."""
@@ -79,6 +84,7 @@ class Trainer:
             if name in self.hooks:
                 self.hooks[name].load_state_dict(hook_state)
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        self._finite_since = self.step
         set_rng_state(state["rng"])
 
     # --- loop ----------------------------------------------------------------------------------------------
@@ -88,6 +94,7 @@ class Trainer:
             self._call("before_train")
             while self.epoch < self.epochs and not self.should_stop:
                 self._train_epoch()
+                self._check_finite()
                 self._sync_buffers()
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -115,6 +122,8 @@ class Trainer:
                 self._optimizer_step()
                 self.step += 1
                 self._call("after_step", outputs)
+                if self.step % FINITE_CHECK_EVERY == 0:
+                    self._check_finite()
                 self._check_signal()
 
     def _sync_buffers(self) -> None:
@@ -131,7 +140,25 @@ class Trainer:
             with autocast(self.hardware):
                 outputs = self.task.training_step(self.model, batch)
             self.scaler.scale(outputs["loss"] / self.grad_accum).backward()
+        self._loss_finite &= torch.isfinite(outputs["loss"].detach())
         return outputs
+
+    def _check_finite(self) -> None:
+        """Stop with one clear line once the loss has been NaN or infinite (the weights are then lost causes):
+        before anything evaluates or saves them, so last.pt/best.pt keep the last good epoch."""
+        flag = (~self._loss_finite).float()
+        if self.hardware.distributed:
+            flag = dist.all_reduce_sum(flag)
+        if flag.item() == 0:
+            self._finite_since = self.step
+            return
+        self._call("after_train")
+        directory = self.hooks["checkpoint"].directory if "checkpoint" in self.hooks else None
+        kept = f"; {Path(directory) / 'last.pt'} keeps the last good epoch" if directory and self.epoch else ""
+        raise CvtoolError(f"the training loss became NaN or infinite between steps {self._finite_since} and "
+                          f"{self.step} (epoch {self.epoch + 1}){kept}", where="optim.lr",
+                          fix="lower optim.lr, set trainer.clip_grad_norm, or train in full precision "
+                              "(hardware.amp=off)")
 
     def _optimizer_step(self) -> None:
         self.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (hooks may change it after)
@@ -168,6 +195,7 @@ class Trainer:
             flag = dist.all_reduce_sum(flag.to(self.hardware.device)).cpu()
         if flag.item() == 0:
             return
+        self._check_finite()  # never save weights a NaN loss has ruined
         self._call("on_interrupt")
         signum = self._signal or signal.SIGTERM
         raise ExitRequest(self._resume_message(f"interrupted by {signal.Signals(signum).name} at epoch "

@@ -18,6 +18,7 @@ from cvtool.metrics.base import to_numpy
 from cvtool.metrics.coco import CocoEvaluator, coco_api, model_results
 from cvtool.metrics.voc import Boxes, VOCEvaluator, model_boxes_to_voc
 from cvtool.models import create_model
+from cvtool.tasks.images import NOT_BUILDER_ARGS
 
 log = logging.getLogger("cvtool.detection")
 
@@ -66,7 +67,7 @@ class DetectionTask:
         return dataset.cache() if ds.get("cache") else dataset
 
     def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
-        kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "weights")}
+        kwargs = {k: v for k, v in model_cfg.items() if k not in NOT_BUILDER_ARGS}
         if kwargs.get("anchors") == "auto":  # YOLO: k-means anchors of the training boxes (restored models load theirs)
             kwargs["anchors"] = self.kmeans_anchors(kwargs) if self.train_boxes is not None else None
         return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],

@@ -7,6 +7,8 @@ import torch
 from cvtool.engine.hardware import Hardware
 from cvtool.models import create_model
 
+NOT_BUILDER_ARGS = ("name", "weights", "amp_on_cpu")  # model config keys that are not builder keyword arguments
+
 
 class Normaliser:
     """(uint8 images - mean) / std with the dataset's statistics (given for [0, 1] images), cached per device."""
@@ -27,6 +29,6 @@ class Normaliser:
 
 def registry_model(model_cfg: dict, dataset_cfg: dict, num_classes: int) -> torch.nn.Module:
     """`model.name` from the registry, with the dataset's channels and image size and the model's options."""
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "weights")}
+    kwargs = {k: v for k, v in model_cfg.items() if k not in NOT_BUILDER_ARGS}
     return create_model(model_cfg["name"], num_classes=num_classes, in_channels=dataset_cfg["channels"],
                         weights=model_cfg.get("weights"), input_size=dataset_cfg["image_size"], **kwargs)
