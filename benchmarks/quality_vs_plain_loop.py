@@ -60,7 +60,7 @@ def plain_run(task_name: str, args: list[str], epochs: int, lr: float | None) ->
     torch.manual_seed(0)
     model = C.to_device(task.build_model(C.plain(cfg.model), len(train.classes)), hardware)
     lr = lr or float(cfg.optim.lr)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=True)  # one kernel, same maths
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=getattr(train, "collate", None))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
