@@ -7,17 +7,15 @@ rounds; prints images/s of both and the ratio (target >= 0.95).
 
 from __future__ import annotations
 
-import time
+from train_harness import main
 
-from train_harness import fresh, main
-
-from cvtool.commands import components as C
 from cvtool.engine.inference import autocast
 from cvtool.tasks.detection import label_offset
 
 
-def train_one_epoch(model, optimizer, loader, offset: int, hardware, scheduler=None) -> int:
+def train_one_epoch(model, optimizer, loader, cfg, hardware, scheduler=None) -> int:
     """torchvision references/detection/engine.py train_one_epoch, minus its logging; returns images seen."""
+    offset = label_offset(model)
     model.train()
     images_seen = 0
     for images, targets in loader:
@@ -35,14 +33,5 @@ def train_one_epoch(model, optimizer, loader, offset: int, hardware, scheduler=N
     return images_seen
 
 
-def reference_loop(cfg, hardware, task, dataset) -> float:
-    model, optimizer = fresh(cfg, task, dataset)
-    loader = C.loader(dataset, cfg, hardware, train=True)
-    loader.sampler.set_epoch(0)
-    start = time.perf_counter()
-    images_seen = train_one_epoch(model, optimizer, loader, label_offset(model), hardware)
-    return images_seen / (time.perf_counter() - start)
-
-
 if __name__ == "__main__":
-    main("detection", "yolo", reference_loop, __doc__)
+    main("detection", "yolo", train_one_epoch, __doc__)

@@ -25,9 +25,9 @@ from segmentation_train import train_one_epoch as segmentation_epoch
 from cvtool.commands import components as C
 from cvtool.config import runner
 from cvtool.engine.inference import run_inference
-from cvtool.tasks.detection import label_offset
 
 DEFAULT_MODEL = {"detection": "faster_rcnn", "segmentation": "unet"}
+TRAIN_ONE_EPOCH = {"detection": detection_epoch, "segmentation": segmentation_epoch}
 PLAIN = {"segmentation": ["model.aux=false"]}  # the textbook U-Net: no deep supervision
 
 
@@ -66,10 +66,7 @@ def plain_run(task_name: str, args: list[str], epochs: int, lr: float | None) ->
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
     start = time.perf_counter()
     for epoch in range(epochs):
-        if task_name == "detection":
-            detection_epoch(model, optimizer, loader, label_offset(model), hardware, scheduler)
-        else:
-            segmentation_epoch(model, optimizer, loader, cfg.dataset.mean, cfg.dataset.std, hardware, scheduler)
+        TRAIN_ONE_EPOCH[task_name](model, optimizer, loader, cfg, hardware, scheduler)
         print(f"  plain loop: epoch {epoch + 1}/{epochs} ({time.perf_counter() - start:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
     metrics = run_inference(model, task, C.loader(val, cfg, hardware, train=False), task.build_evaluator(val),

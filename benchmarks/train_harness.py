@@ -49,7 +49,17 @@ def cvtool_loop(cfg, hardware, task, dataset) -> float:
     return len(loader) * cfg.data.batch_size / (time.perf_counter() - start)
 
 
-def main(task_name: str, default_model: str, reference_loop: Callable, doc: str) -> None:
+def reference_loop(cfg, hardware, task, dataset, train_one_epoch: Callable) -> float:
+    """Images/s of a reference `train_one_epoch(model, optimizer, loader, cfg, hardware)` (returning the images it
+    saw) over the same fresh model and loader as the Trainer gets."""
+    model, optimizer = fresh(cfg, task, dataset)
+    loader = C.loader(dataset, cfg, hardware, train=True)
+    loader.sampler.set_epoch(0)
+    start = time.perf_counter()
+    return train_one_epoch(model, optimizer, loader, cfg, hardware) / (time.perf_counter() - start)
+
+
+def main(task_name: str, default_model: str, train_one_epoch: Callable, doc: str) -> None:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", default=default_model)
     parser.add_argument("--images", type=int, default=256)
@@ -61,7 +71,7 @@ def main(task_name: str, default_model: str, reference_loop: Callable, doc: str)
     print(f"{args.model} on {dataset.source}, batch {cfg.data.batch_size}, {torch.get_num_threads()} threads")
     reference, ours = [], []
     for _ in range(args.rounds):
-        reference.append(reference_loop(cfg, hardware, task, dataset))
+        reference.append(reference_loop(cfg, hardware, task, dataset, train_one_epoch))
         ours.append(cvtool_loop(cfg, hardware, task, dataset))
     ref, mine = statistics.median(reference), statistics.median(ours)
     print(f"  reference loop: {ref:6.1f} img/s  ({', '.join(f'{v:.1f}' for v in reference)})")
