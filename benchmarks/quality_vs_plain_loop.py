@@ -53,10 +53,7 @@ def plain_run(task_name: str, args: list[str], epochs: int, lr: float | None) ->
     cfg = runner.compose("train", [*args, *PLAIN.get(task_name, [])])
     hardware = C.setup(cfg)
     task = C.task_from(cfg)
-    train = task.open_split(cfg.dataset.train_split, C.transforms(cfg, "train_transforms"), skip_invalid=False,
-                            seed=0, train=True)
-    val = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"), skip_invalid=False, seed=0,
-                          classes=train.classes)
+    train, val = C.train_val_sets(cfg, task)  # the splits (and data.limit) `cvtool train` uses
     torch.manual_seed(0)
     model = C.to_device(task.build_model(C.plain(cfg.model), len(train.classes)), hardware)
     lr = lr or float(cfg.optim.lr)

@@ -105,6 +105,16 @@ def limited(dataset, limit: int | None, seed: int):
     return subset
 
 
+def train_val_sets(cfg: DictConfig, task) -> tuple:
+    """The training split (with its augmentation) and the validation split, both cut to `data.limit` (N/2 val)."""
+    common = {"skip_invalid": cfg.data.skip_invalid, "seed": cfg.seed}
+    train_set = task.open_split(cfg.dataset.train_split, transforms(cfg, "train_transforms"), **common, train=True)
+    val_set = task.open_split(cfg.dataset.split, transforms(cfg, "eval_transforms"), **common,
+                              classes=train_set.classes)
+    return (limited(train_set, cfg.data.limit, cfg.seed),
+            limited(val_set, cfg.data.limit and max(1, cfg.data.limit // 2), cfg.seed))
+
+
 def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """`optim` is a partial `_target_`; norm layers and biases get no weight decay unless asked."""
     decay, no_decay = [], []

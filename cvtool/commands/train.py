@@ -38,12 +38,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     """Everything `train` needs, assembled from the config: (trainer, eval hook, class names)."""
     hardware = C.setup(cfg)
     task = C.task_from(cfg)
-    common = {"skip_invalid": cfg.data.skip_invalid, "seed": cfg.seed}
-    train_set = task.open_split(cfg.dataset.train_split, C.transforms(cfg, "train_transforms"), **common, train=True)
-    val_set = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"), **common,
-                              classes=train_set.classes)
-    train_set = C.limited(train_set, cfg.data.limit, cfg.seed)
-    val_set = C.limited(val_set, cfg.data.limit and max(1, cfg.data.limit // 2), cfg.seed)
+    train_set, val_set = C.train_val_sets(cfg, task)
     log.info("train: %s | val: %s", train_set.source, val_set.source)
     model = C.to_device(task.build_model(C.plain(cfg.model), len(train_set.classes)), hardware)
     train_loader = C.loader(train_set, cfg, hardware, train=True)
