@@ -153,8 +153,8 @@ class Trainer:
             self._finite_since = self.step
             return
         self._call("after_train")
-        directory = self.hooks["checkpoint"].directory if "checkpoint" in self.hooks else None
-        kept = f"; {Path(directory) / 'last.pt'} keeps the last good epoch" if directory and self.epoch else ""
+        last = self._last_checkpoint()
+        kept = f"; {last} keeps the last good epoch" if last and self.epoch else ""
         raise CvtoolError(f"the training loss became NaN or infinite between steps {self._finite_since} and "
                           f"{self.step} (epoch {self.epoch + 1}){kept}", where="optim.lr",
                           fix="lower optim.lr, set trainer.clip_grad_norm, or train in full precision "
@@ -201,7 +201,11 @@ class Trainer:
         raise ExitRequest(self._resume_message(f"interrupted by {signal.Signals(signum).name} at epoch "
                                                f"{self.epoch + 1}, step {self.step}"), 128 + signum)
 
-    def _resume_message(self, what: str) -> str:
+    def _last_checkpoint(self) -> Path | None:
+        """Where the checkpoint hook writes last.pt (None without one)."""
         directory = self.hooks["checkpoint"].directory if "checkpoint" in self.hooks else None
-        where = Path(directory) / "last.pt" if directory else "checkpoints/last.pt"
+        return Path(directory) / "last.pt" if directory else None
+
+    def _resume_message(self, what: str) -> str:
+        where = self._last_checkpoint() or "checkpoints/last.pt"
         return f"{what}; saved {where}\nresume with: cvtool train resume={where}"
