@@ -99,7 +99,9 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     assert (cfg.trainer.epochs, cfg.data.batch_size) == (12, 32)  # its default row
     cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg"])
     assert cfg.task.dice_weight == 0.0  # `${recipe:dice_weight,0.0}`: no row has it
-    cfg = runner.compose("train", ["task=segmentation", "+dataset.recipe.default.dice_weight=0.5"])
+    cfg = runner.compose("train", ["task=segmentation"])
+    assert cfg.task.dice_weight == 1.0 and cfg.trainer.epochs == 11  # shapes' fcn8s row, the rest from default
+    cfg = runner.compose("train", ["task=segmentation", "model=segnet", "+dataset.recipe.default.dice_weight=0.5"])
     assert cfg.task.dice_weight == 0.5
     cfg = runner.compose("train", ["task=segmentation", "model=unet"])  # shapes' unet row: its own augmentation
     assert cfg.model.aux and (cfg.task.aux_weight, cfg.task.dice_weight) == (1.0, 1.0)
