@@ -105,6 +105,8 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     assert cfg.task.dice_weight == 1.0 and cfg.trainer.epochs == 11  # shapes' fcn8s row, the rest from default
     cfg = runner.compose("train", ["task=segmentation", "model=segnet", "+dataset.recipe.default.dice_weight=0.5"])
     assert cfg.task.dice_weight == 0.5
+    cfg = runner.compose("train", ["task=segmentation", "model=lraspp"])
+    assert (cfg.optim.lr, cfg.trainer.epochs, cfg.task.dice_weight) == (3.0e-3, 11, 0.0)  # lraspp row + default row
     cfg = runner.compose("train", ["task=segmentation", "model=unet"])  # shapes' unet row: its own augmentation
     assert cfg.model.aux and (cfg.task.aux_weight, cfg.task.dice_weight) == (1.0, 1.0)
     assert len(cfg.dataset.train_transforms) == 1
