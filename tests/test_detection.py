@@ -203,6 +203,25 @@ def test_roi_sampling_pre_nms_and_positive_fraction_reach_the_r_cnn_heads():
             create_model("faster_rcnn", num_classes=3, box_positive_fraction=bad)
 
 
+def test_loss_weights_scale_the_trained_sum_and_name_the_models_losses(devkit, tmp_path):
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", f"dataset.root={devkit}",
+                                   "dataset.synth=null"])
+    assert C.plain(cfg.task)["loss_weights"] == {"loss_classifier": 2.0}  # the shapes CPU recipe
+    for other in (["model=yolo"], ["model=faster_rcnn", "dataset=coco", "dataset.root=/c"]):
+        assert C.plain(runner.compose("train", ["task=detection", *other]).task)["loss_weights"] == {}
+    task = C.task_from(cfg)
+    dataset = task.open_split("val", None, skip_invalid=False, seed=0, train=True)
+    model = task.build_model(C.plain(cfg.model), len(CLASSES)).train()
+    out = task.training_step(model, task.preprocess(dataset.collate([dataset[0], dataset[1]]), CPU))
+    parts = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+    assert out["loss"].item() == pytest.approx(sum(out[k].item() for k in parts) + out["loss_classifier"].item())
+    with pytest.raises(CvtoolError, match="unknown loss 'loss_classifier'") as err:  # Faster R-CNN's, not YOLO's
+        train.main(small(devkit, tmp_path, "model=yolo", "model.width=8", "task.loss_weights={loss_classifier:2}"))
+    assert "task.loss_weights" in err.value.line() and "loss_xy, loss_wh, loss_obj, loss_cls" in err.value.line()
+    with pytest.raises(CvtoolError, match="weight of loss_obj must be a number >= 0, got -1"):
+        train.main(small(devkit, tmp_path, "model=yolo", "model.width=8", "task.loss_weights={loss_obj:-1}"))
+
+
 def test_aspect_ratio_grouping_makes_batches_of_one_group():
     from cvtool.data.samplers import grouped
 

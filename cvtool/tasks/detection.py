@@ -118,8 +118,23 @@ class DetectionTask:
         offset = label_offset(model)
         targets = [{**t, "labels": t["labels"] + offset} for t in batch["targets"]]
         losses = model(batch["images"], targets)
-        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()},
+        weights = self.loss_weights(losses)
+        return {"loss": sum(v * weights.get(k, 1.0) for k, v in losses.items()),
+                **{k: v.detach() for k, v in losses.items()},
                 "removed_boxes": torch.tensor(float(self.removed_boxes))}
+
+    def loss_weights(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """task.loss_weights, checked against the names of the model's losses."""
+        weights = self.cfg.get("loss_weights") or {}
+        for name, weight in weights.items():
+            if name not in losses:
+                problem = f"unknown loss {name!r}"
+            elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                problem = f"the weight of {name} must be a number >= 0, got {weight!r}"
+            else:
+                continue
+            raise CvtoolError(problem, where="task.loss_weights", fix=f"weigh this model's losses: {', '.join(losses)}")
+        return weights
 
     def inference_step(self, model: torch.nn.Module, batch: dict) -> list[dict]:
         offset = label_offset(model)
