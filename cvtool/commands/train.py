@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvtool import __version__
 from cvtool.config import runner
 from cvtool.engine.checkpoint import load_checkpoint
+from cvtool.engine.guard import LearningGuardHook
 from cvtool.engine.hooks import CheckpointHook, EarlyStopHook, EMAHook, EvalHook, LoggerHook, LRSchedulerHook
 from cvtool.engine.metrics_log import MetricsLogger, read_records
 from cvtool.engine.schedule import build_scheduler
@@ -60,8 +61,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     trainer.register_hooks(eval=evaluation)
     if t.early_stop_patience:
         trainer.register_hooks(early_stop=EarlyStopHook(evaluation, t.early_stop_patience))
-    trainer.register_hooks(logger=LoggerHook(t.log_every),
-                           checkpoint=CheckpointHook(run_dir / "checkpoints" if run_dir else None))
+    trainer.register_hooks(logger=LoggerHook(t.log_every))
+    if t.guard.enabled:  # before checkpointing, which saves its state
+        trainer.register_hooks(guard=LearningGuardHook(
+            evaluation, margin=t.guard.baseline_margin, fraction=t.guard.baseline_fraction,
+            loss_rise=t.guard.loss_rise, warmup_steps=scheduler.lr_lambdas[0].warmup_steps))
+    trainer.register_hooks(checkpoint=CheckpointHook(run_dir / "checkpoints" if run_dir else None))
     if cfg.resume:
         state = load_checkpoint(cfg.resume, map_location=hardware.device)
         check_compatible(state, task.name, train_set.classes)
@@ -85,7 +90,8 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
     result = {"task": cfg.task.name, "model": cfg.model.name, "metric": evaluation.metric,
               "best": evaluation.best, "best_epoch": evaluation.best_epoch, "epochs": trainer.epoch,
               "steps": trainer.step, "train_time_s": time.perf_counter() - started,
-              "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size()}
+              "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size(),
+              "warnings": trainer.hooks["guard"].warnings if "guard" in trainer.hooks else []}
     if run_dir is not None:
         atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
         if cfg.plots:

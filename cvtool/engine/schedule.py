@@ -24,8 +24,12 @@ class LRFactor:
     warmup_start_ratio: float
     params: dict
 
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_epochs * self.steps_per_epoch)
+
     def __call__(self, step: int) -> float:
-        warmup_steps = round(self.warmup_epochs * self.steps_per_epoch)
+        warmup_steps = self.warmup_steps
         factor = self._main(step)
         if step < warmup_steps:
             factor *= self.warmup_start_ratio + (1.0 - self.warmup_start_ratio) * step / warmup_steps

@@ -6,6 +6,7 @@ from a model are converted on entry by `to_numpy`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +21,15 @@ class Evaluator(Protocol):
 
     def evaluate(self) -> dict:
         """Final metrics (reduced over DDP ranks), following the metrics JSON contract of DESIGN.md §6."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a model that learned nothing scores on a task's metric: `value`, reached by `what` (e.g.
+    "majority-class": always predicting the most frequent class)."""
+
+    value: float
+    what: str
 
 
 def to_numpy(value: Any, dtype: Any = None) -> np.ndarray:

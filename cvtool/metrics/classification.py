@@ -17,6 +17,13 @@ def target_rank(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (logits > target_logit).sum(axis=1) + ((logits == target_logit) & lower_index).sum(axis=1)
 
 
+def constant_prediction_accuracy(class_counts: np.ndarray, k: int = 1) -> float | None:
+    """Top-k accuracy of a classifier that ranks the classes the same way for every input, most frequent first (the
+    best input-blind one): the share of the k most frequent classes; top-1 = the majority class's share."""
+    counts = np.sort(np.asarray(class_counts))[::-1]
+    return ratio(counts[:k].sum(), counts.sum())
+
+
 class ClassificationEvaluator:
     """`process(inputs, logits)` with inputs["target"]. top-k (k capped at the number of classes) is the fraction
     of all samples whose target is among the k largest logits; counts are summed over DDP ranks."""

@@ -44,6 +44,15 @@ def segmentation_metrics(confusion: np.ndarray) -> dict:
             "num_pixels": int(total)}
 
 
+def constant_prediction_metrics(confusion: np.ndarray) -> dict:
+    """The metrics of predicting the most frequent ground-truth class (usually background) for every pixel: the
+    best input-blind prediction for each mean (mIoU = that class's pixel share / the classes present)."""
+    gt_pixels = confusion.sum(axis=1)
+    constant = np.zeros_like(confusion)
+    constant[:, int(gt_pixels.argmax())] = gt_pixels
+    return segmentation_metrics(constant)
+
+
 class SegmentationEvaluator:
     """`process(inputs, outputs)` with inputs["mask"] (N, H, W) class indices and outputs either label maps
     (N, H, W), logits (N, C, H, W) (argmax over C), or one {"labels": (h, w)} per image, compared with the

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 import torch
 
 from cvtool.engine.hardware import Hardware
+from cvtool.metrics.base import Baseline
 
 
 class Task(Protocol):
@@ -23,3 +24,7 @@ class Task(Protocol):
 
     def inference_step(self, model: torch.nn.Module, batch: Any) -> Any:
         """Forward pass in eval mode; the outputs the task's evaluator and postprocess understand."""
+
+    def trivial_baseline(self, evaluator: Any) -> Baseline | None:
+        """What a model that learned nothing scores on the task's metric, on the split `evaluator` has just
+        evaluated (None when the metric has no such baseline)."""

@@ -14,7 +14,8 @@ from cvtool.data.logits_files import write_classification_predictions
 from cvtool.data.roots import prepared_root
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
-from cvtool.metrics.classification import ClassificationEvaluator
+from cvtool.metrics.base import Baseline
+from cvtool.metrics.classification import ClassificationEvaluator, constant_prediction_accuracy
 from cvtool.viz.draw import labelled
 
 from .images import Normaliser, registry_model
@@ -55,6 +56,13 @@ class ClassificationTask:
 
     def build_evaluator(self, dataset) -> ClassificationEvaluator:
         return ClassificationEvaluator(len(dataset.classes), topk=self.cfg["topk"])
+
+    def trivial_baseline(self, evaluator: ClassificationEvaluator) -> Baseline | None:
+        """top-1/top-k of always predicting the most frequent classes of the split `evaluator` has evaluated (None
+        for another metric)."""
+        k = {"top1": 1, "top5": evaluator.k}.get(self.metric)
+        value = constant_prediction_accuracy(evaluator.confusion.sum(axis=1), k) if k else None
+        return None if value is None else Baseline(value, "majority-class")
 
     # --- predict ---------------------------------------------------------------------------------------------
     def open_source(self, files: list[Path], transform, class_names: list[str], source: Path) -> ImageFiles:

@@ -14,7 +14,7 @@ from cvtool.data.detection_sets import DetectionItem, DetectionSet, open_detecti
 from cvtool.data.roots import prepared_root
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
-from cvtool.metrics.base import to_numpy
+from cvtool.metrics.base import Baseline, to_numpy
 from cvtool.metrics.coco import CocoEvaluator, coco_api, model_results
 from cvtool.metrics.voc import Boxes, VOCEvaluator, model_boxes_to_voc
 from cvtool.models import create_model
@@ -100,6 +100,10 @@ class DetectionTask:
         gt = coco_api(restrict_coco(dataset.coco, [it.image_id for it in dataset.items]), self.cfg["coco_backend"])
         return CocoEvaluator(gt, categories, ["bbox", "segm"] if self.with_masks else ["bbox"],
                              self.cfg["coco_backend"])
+
+    def trivial_baseline(self, evaluator) -> Baseline:
+        """Every AP and AR of a detector that finds nothing is 0."""
+        return Baseline(0.0, "no-detection")
 
     # --- steps ---------------------------------------------------------------------------------------------
     def preprocess(self, batch, hardware: Hardware) -> dict:

@@ -19,7 +19,8 @@ from cvtool.data.segmentation_sets import (
 )
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError
-from cvtool.metrics.segmentation import SegmentationEvaluator
+from cvtool.metrics.base import Baseline
+from cvtool.metrics.segmentation import SegmentationEvaluator, constant_prediction_metrics
 
 from .dense_inference import dense_scores
 from .images import Normaliser, registry_model
@@ -75,6 +76,17 @@ class SegmentationTask:
 
     def build_evaluator(self, dataset: SegmentationSet) -> SegmentationEvaluator:
         return SegmentationEvaluator(len(dataset.classes), self.ignore_index)
+
+    def trivial_baseline(self, evaluator: SegmentationEvaluator) -> Baseline | None:
+        """The metric of predicting the most frequent class (background) everywhere on the split `evaluator` has
+        evaluated (None for a metric without one number)."""
+        value = constant_prediction_metrics(evaluator.confusion).get(self.metric)
+        if not isinstance(value, float):
+            return None
+        majority = int(evaluator.confusion.sum(axis=1).argmax())
+        classes = self.dataset_cfg.get("classes") or []
+        name = classes[majority] if majority < len(classes) else f"class-{majority}"
+        return Baseline(value, f"{name}-only")
 
     # --- steps ---------------------------------------------------------------------------------------------
     def preprocess(self, batch, hardware: Hardware) -> dict:
