@@ -137,7 +137,40 @@ def test_voc_and_coco_train_with_the_published_recipe_and_scale_lr_to_the_batch(
     assert cfg.optim._target_ == "torch.optim.AdamW" and cfg.sched.name == "cosine"
     cfg = runner.compose("train", ["task=detection"])
     assert cfg.optim._target_ == "torch.optim.AdamW" and scaled_lr(cfg) == cfg.optim.lr
-    for bad in ("abc", 0):
-        cfg = runner.compose("train", ["task=detection", f"trainer.lr_reference_batch={bad}"])
-        with pytest.raises(CvtoolError, match="trainer.lr_reference_batch must be a positive number"):
-            scaled_lr(cfg)
+    with pytest.raises(CvtoolError, match="'trainer.lr_reference_batch' must be an integer, got 'abc'"):
+        runner.compose("train", ["task=detection", "trainer.lr_reference_batch=abc"])  # refused at composition
+    cfg = runner.compose("train", ["task=detection", "trainer.lr_reference_batch=0"])
+    with pytest.raises(CvtoolError, match="trainer.lr_reference_batch must be a positive number"):
+        scaled_lr(cfg)
+
+
+def test_a_value_of_the_wrong_type_is_refused_at_composition_naming_key_value_and_type():
+    with pytest.raises(CvtoolError) as err:
+        runner.compose("train", ["trainer.epochs=abc"])
+    assert err.value.line() == ("config key 'trainer.epochs' must be an integer, got 'abc' (override) — "
+                                "e.g. trainer.epochs=12 (its default)")
+    for override, expected in [("optim.lr=fast", "a number"), ("trainer.tensorboard=1", "true or false"),
+                               ("data.batch_size=2.5", "an integer"), ("data.limit=some", "an integer"),
+                               ("data.workers=many", "an integer"), ("visualize.noise=true", "a number")]:
+        key = override.split("=")[0]
+        with pytest.raises(CvtoolError, match=f"^config key '{key}' must be {expected}, got "):
+            runner.compose("train", [override])
+    # the default is a ${recipe:...} interpolation: its resolved value gives the type
+    with pytest.raises(CvtoolError, match="'trainer.epochs' must be an integer, got 'x'"):
+        runner.compose("train", ["task=detection", "trainer.epochs=x"])
+
+
+def test_values_of_the_default_type_ints_for_floats_null_and_interpolations_are_accepted():
+    cfg = runner.compose("train", ["optim.lr=1", "sched.warmup_epochs=2", "overlays=null", "data.workers=auto",
+                                   "trainer.clip_grad_norm=5", "data.eval_batch_size=${data.batch_size}",
+                                   "+trainer.new_key=abc", "model=resnet18", "model.weights=null"])
+    assert (cfg.optim.lr, cfg.overlays, cfg.data.eval_batch_size) == (1, None, cfg.data.batch_size)
+    assert runner.compose("train", ["task=detection", "trainer.epochs=3", "optim.lr=0.01"]).trainer.epochs == 3
+
+
+def test_a_sweep_value_of_the_wrong_type_fails_its_job_naming_the_key(tmp_path):
+    seen = []
+    with pytest.raises(CvtoolError, match="'trainer.epochs' must be an integer, got 'two'"):
+        runner.run("train", [f"paths.runs={tmp_path}", "trainer.epochs=1,two"],
+                   lambda cfg, run_dir: seen.append(cfg.trainer.epochs), multirun=True)
+    assert seen == [1]

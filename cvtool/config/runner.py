@@ -18,6 +18,7 @@ from cvtool.errors import CvtoolError
 
 from .errors import dotted_keys, missing_value, translate
 from .locate import conf_dir
+from .value_types import check_types, value_keys
 
 CONFIG_NAME = "config"
 Job = Callable[[DictConfig, "Path | None"], Any]
@@ -90,6 +91,18 @@ def _translated(hydra, overrides: list[str], exc: BaseException) -> BaseExceptio
     return translate(exc, known_keys) or exc
 
 
+def _check_types(hydra, cfg: DictConfig, overrides: list[str]) -> None:
+    """Values set by `overrides` must have the types of the defaults they replace (composed without them)."""
+    keys = [key for key in value_keys(overrides) if key != "command"]
+    if not keys:
+        return
+    try:
+        defaults = _compose(hydra, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys])
+    except Exception:  # noqa: BLE001 - composition needs one of those values: no defaults to compare with
+        return
+    check_types(cfg, defaults, keys)
+
+
 def compose(command: str, overrides: list[str]) -> DictConfig:
     """Compose the config as a run would see it, without creating a run dir (config show, DDP ranks > 0)."""
     overrides = _with_command(command, overrides)
@@ -101,6 +114,7 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
             raise
         except Exception as exc:  # noqa: BLE001 - translated or re-raised as is
             raise _translated(hydra, overrides, exc) from exc
+        _check_types(hydra, cfg, overrides)
         with_hydra = cfg
         cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra.keys() if k != "hydra"])
         OmegaConf.set_struct(cfg, True)
@@ -123,6 +137,7 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
         from hydra.core.hydra_config import HydraConfig
 
         try:
+            _check_types(hydra, cfg, list(HydraConfig.get().overrides.task))
             result = job(cfg, Path(HydraConfig.get().runtime.output_dir))
         except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
             return _Failure(missing_value(exc) or exc)
