@@ -102,6 +102,14 @@ def test_imagefolder_empty_class_folder_is_an_error_naming_it(tmp_path):
     assert info.value.where == str(tmp_path / "train" / "empty")
 
 
+def test_imagefolder_with_one_class_folder_is_refused_naming_it(tmp_path):
+    _write_class_tree(tmp_path / "train", {"cats": 2})
+    with pytest.raises(CvtoolError) as info:
+        open_classification_set("imagefolder", tmp_path, "train")
+    assert info.value.what == "classification needs at least 2 classes, found 1 class folder: cats"
+    assert info.value.where == str(tmp_path / "train")
+
+
 def _tree_with_corrupt_files(root: Path) -> tuple[Path, Path]:
     _write_class_tree(root / "train", {"a": 3, "b": 2})
     garbage = root / "train" / "a" / "x.png"
@@ -120,6 +128,20 @@ def test_corrupt_images_error_naming_the_file_when_read(tmp_path):
         with pytest.raises(CvtoolError, match="corrupt or unreadable") as info:
             ds[ds.files.index(str(bad))]
         assert info.value.where == str(bad) and "skip_invalid=true" in info.value.fix
+
+
+def test_corrupt_image_read_in_a_dataloader_worker_raises_the_same_error_in_the_main_process(tmp_path):
+    garbage, _ = _tree_with_corrupt_files(tmp_path)
+    ds = open_classification_set("imagefolder", tmp_path, "train")
+    with pytest.raises(CvtoolError) as direct:
+        ds[ds.files.index(str(garbage))]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [ds.files.index(str(garbage))]), num_workers=1)
+    with pytest.raises(CvtoolError) as from_worker:
+        next(iter(loader))
+    assert (from_worker.value.what, from_worker.value.where, from_worker.value.fix) == (
+        direct.value.what, direct.value.where, direct.value.fix)
+    assert str(from_worker.value) == direct.value.line()
+    assert "DataLoader worker" in "".join(from_worker.value.__notes__)  # the worker's traceback, for --debug
 
 
 def test_skip_invalid_drops_corrupt_files_counts_and_logs_them(tmp_path, caplog):
@@ -157,7 +179,7 @@ def test_gray_rgba_and_palette_images_come_out_as_rgb_uint8(tmp_path):
     palette.putpalette([v for i in range(256) for v in (i, 255 - i, 3)])
     palette.save(folder / "c_palette.png")
 
-    ds = open_classification_set("imagefolder", tmp_path, "train")
+    ds = open_classification_set("imagefolder", tmp_path, "train", classes=["only"])
     gray, rgba, pal = (ds[i][0] for i in range(3))
     for image in (gray, rgba, pal):
         assert image.shape == (3, 5, 7) and image.dtype == torch.uint8

@@ -221,6 +221,12 @@ def _scan_class_dirs(folder: Path, classes: list[str] | None) -> tuple[list[str]
             raise CvtoolError(
                 "no class folders found", where=str(folder), fix="expected <class>/<image> files"
             )
+        if len(found) < 2:  # one class: every prediction is right, a run would report 100 % and loss 0
+            raise CvtoolError(
+                f"classification needs at least 2 classes, found 1 class folder: {found[0]}",
+                where=str(folder),
+                fix="add a <class>/ folder of images for each class to tell apart",
+            )
         names = found
     else:
         names = list(classes)
