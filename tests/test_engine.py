@@ -269,3 +269,22 @@ def test_ema_decay_warms_up_then_holds_and_averages_buffers():
     assert ema.module.weight.item() == pytest.approx(expected, abs=1e-6)
     assert ema.module.running_mean.item() == pytest.approx(expected, abs=1e-6)  # buffers averaged too
     assert ema.module.num_batches_tracked.item() == model.num_batches_tracked.item()
+
+
+def test_files_not_in_torch_zip_format_are_named_as_not_a_checkpoint_without_unpickling(tmp_path):
+    from cvtool.models.weights import read_state_dict
+
+    legacy = tmp_path / "legacy.pt"
+    state = {"model": {"w": torch.ones(2)}, "config": "a: 1", "task": "classification", "class_names": ["a"]}
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    for path in (legacy, text):
+        for lazy in (False, True):  # lazy (mmap) used to fail with torch's "mmap can only be used with ..."
+            with pytest.raises(CvtoolError) as err:
+                load_checkpoint(path, lazy=lazy)
+            assert err.value.what.startswith("not a cvtool/PyTorch checkpoint") and err.value.where == str(path)
+            assert "mmap" not in err.value.line()
+        with pytest.raises(CvtoolError, match="^not a cvtool/PyTorch weights file") as err:
+            read_state_dict(path)
+        assert err.value.where == str(path)

@@ -10,6 +10,8 @@ from cvtool.errors import CvtoolError
 from cvtool.utils.atomic import atomic_write
 
 REQUIRED_KEYS = ("model", "config", "task", "class_names")
+CHECKPOINT_FIX = "pass a checkpoint written by `cvtool train` (checkpoints/last.pt or best.pt)"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -32,21 +34,35 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
+def read_torch_file(path: Path, kind: str, fix: str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False):
+    """`torch.load` of a file the user named (`kind`: "checkpoint", "weights file"), tensors and plain types only
+    (weights_only=True: never unpickles arbitrary objects). A file that is not torch.save's zip archive (a text
+    file, a legacy pickle) or does not load is a CvtoolError naming it."""
+    with open(path, "rb") as f:
+        magic = f.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:
+        raise CvtoolError(f"not a cvtool/PyTorch {kind}: the file is not the zip archive torch.save writes",
+                          where=str(path), fix=f"{fix}; files saved by PyTorch < 1.6 or with "
+                          "_use_new_zipfile_serialization=False must be re-saved with torch.save")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable torch file
+        raise CvtoolError(f"{kind} is corrupt or truncated, or holds more than tensors: "
+                          f"{str(exc).splitlines()[0].split('. ')[0][:160]}", where=str(path), fix=fix) from exc
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", lazy: bool = False) -> dict:
     """Load and validate a cvtool checkpoint (never unpickles arbitrary objects).
 
     `lazy=True` memory-maps the tensors: reading only the metadata (config, overrides) then costs no tensor I/O.
     """
     path = resolve_checkpoint_path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=lazy)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
-        raise CvtoolError(f"cannot read checkpoint: {str(exc).splitlines()[0][:160]}", where=str(path),
-                          fix="the file is corrupt, truncated or not a cvtool checkpoint; use another one") from exc
+    state = read_torch_file(path, "checkpoint", CHECKPOINT_FIX, map_location, mmap=lazy)
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CvtoolError(f"not a cvtool checkpoint (missing {', '.join(missing)})", where=str(path),
-                          fix="pass a checkpoint written by `cvtool train` (checkpoints/last.pt or best.pt)")
+                          fix=CHECKPOINT_FIX)
     state["path"] = str(path)
     return state
 

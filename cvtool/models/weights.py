@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -14,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights
 
+from cvtool.engine.checkpoint import read_torch_file
 from cvtool.errors import CvtoolError
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CvtoolError("weights file not found", where=str(path), fix="check the weights=PATH value")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CvtoolError(
-            "weights file is corrupt or truncated (not a valid torch file)",
-            where=str(path),
-            fix="re-save or re-copy it; it must load with torch.load(..., weights_only=True)",
-        ) from err
+    obj = read_torch_file(path, "weights file", "pass a state dict or cvtool checkpoint saved with torch.save")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
