@@ -84,3 +84,51 @@ def test_bad_transform_target_names_the_config_key(tmp_path):
                     "dataset.synth.num_val=5")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot build dataset.train_transforms[0]" in result.stderr and "v2.Nope" in result.stderr
+
+
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path):
+    result = cvtool("train", "trainer.epochs=abc", f"paths.runs={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: config key 'trainer.epochs' must be an integer, got 'abc' (override) — "
+                                     "e.g. trainer.epochs=12 (its default)")
+
+
+@pytest.mark.parametrize("command", ["train", "inspect"])
+def test_a_model_of_another_task_is_refused_listing_the_tasks_models(command, tmp_path):
+    result = cvtool(command, "task=detection", "model=resnet18", f"paths.runs={tmp_path}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: model resnet18 is a classification model, not a detection one "
+                                    "(task=detection model=resnet18) — detection models: ")
+    assert "yolo" in result.stderr and "(cvtool models --task detection)" in result.stderr
+
+
+def test_a_corrupt_image_read_in_a_dataloader_worker_is_the_same_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cats", "dogs"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / split / name / f"{i}.png")
+    bad = tmp_path / "train" / "cats" / "bad.png"
+    bad.write_bytes(b"not a PNG" * 10)
+    result = cvtool("train", "dataset=imagefolder", f"dataset.root={tmp_path}", "dataset.image_size=16",
+                    "dataset.channels=3", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]",
+                    "model=shapes_cnn", "data.workers=1", "data.batch_size=7", "data.drop_last=false",
+                    "trainer.epochs=1", "hardware=cpu", f"paths.runs={tmp_path / 'runs'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: image file is corrupt or unreadable ({bad}) — delete or replace it, "
+                                     "or pass data.skip_invalid=true to skip bad files")
+
+
+def test_a_file_that_is_not_a_torch_checkpoint_is_named_plainly(tmp_path):
+    import torch
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": {}}, legacy, _use_new_zipfile_serialization=False)
+    result = cvtool("eval", f"ckpt={legacy}", f"paths.runs={tmp_path}")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: not a cvtool/PyTorch checkpoint: the file is not the zip archive "
+                                    f"torch.save writes ({legacy}) — ")
+    assert "mmap" not in result.stderr
