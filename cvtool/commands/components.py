@@ -17,6 +17,8 @@ from cvtool.tasks import build_task
 from cvtool.utils import distributed as dist
 from cvtool.utils.seeding import seed_everything
 
+from . import folder_defaults
+
 log = logging.getLogger("cvtool")
 
 
@@ -53,6 +55,8 @@ def setup(cfg: DictConfig) -> Hardware:
 
 
 def task_from(cfg: DictConfig):
+    """The task adapter, after dataset keys left at `auto` are measured from the data (dataset=imagefolder)."""
+    folder_defaults.resolve(cfg)
     return build_task(cfg.task.name, plain(cfg.task), plain(cfg.dataset), plain(cfg.model) if "model" in cfg else None)
 
 

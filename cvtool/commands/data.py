@@ -11,6 +11,7 @@ from cvtool.config import runner
 from cvtool.errors import CvtoolError
 
 from . import components as C
+from . import folder_defaults
 
 log = logging.getLogger("cvtool.data")
 
@@ -33,8 +34,9 @@ def check(overrides: list[str]) -> dict:
     """Read every annotation and decode every image of the training and evaluation splits; report every problem
     (one line each), exit 2 if any."""
     cfg = runner.compose("data", overrides)
+    settings = folder_defaults.resolve(cfg)  # what a run would use for the `auto` keys (printed below)
     task = C.task_from(cfg)
-    console, bad, counts = Console(), [], {}
+    console, bad, counts, files = Console(), [], {}, {}
     for split in dict.fromkeys([cfg.dataset.train_split, cfg.dataset.split]):
         problems: list[str] = []  # annotation problems (detection), all of them
         dataset = task.open_split(split, None, skip_invalid=False, seed=cfg.seed, problems=problems)
@@ -49,8 +51,30 @@ def check(overrides: list[str]) -> dict:
                 bad.append(err.line())
                 console.print(f"[red]bad[/red] {escape(err.line())}")
         console.print(escape(f"{split}: {len(dataset)} items, {len(dataset.classes)} classes ({dataset.source})"))
+        if getattr(dataset, "files", None):
+            files[split] = list(dataset.files)
+    if files:
+        print_image_statistics(console, cfg, files)
+    if settings is not None:
+        console.print(escape(settings.report()))
     if bad:
         raise CvtoolError(f"{len(bad)} invalid item(s) found", where=cfg.dataset.root,
                           fix="fix or delete the files listed above, or train with data.skip_invalid=true")
     console.print("[green]all items readable[/green]")
     return counts
+
+
+def print_image_statistics(console: Console, cfg, files: dict[str, list[str]]) -> None:
+    """Sizes and colour modes of every image file (headers only) and the mean/std a sample of the first split's
+    images suggests (dataset.derive.sample of them where the dataset has that key, else all)."""
+    from cvtool.data.folder_profile import describe_sizes, pixel_stats, read_headers, sample_files
+
+    everything = [path for paths in files.values() for path in paths]
+    profile = read_headers(everything)
+    console.print(escape(f"images: {describe_sizes(profile)}"))
+    training = next(iter(files.values()))
+    count = cfg.dataset.derive.sample if "derive" in cfg.dataset else len(training)
+    channels = 1 if profile.grayscale else 3
+    mean, std, used = pixel_stats(sample_files(training, count, cfg.seed), channels)
+    console.print(escape(f"suggested normalisation (pixels in [0, 1], {used} sampled {next(iter(files))} images): "
+                         f"dataset.mean={mean} dataset.std={std}"))

@@ -10,6 +10,7 @@ from cvtool.errors import CvtoolError
 from cvtool.tasks import build_task
 
 from . import components as C
+from . import folder_defaults
 
 
 def restore(cfg: DictConfig, hardware: Hardware):
@@ -22,6 +23,7 @@ def restore(cfg: DictConfig, hardware: Hardware):
     if trained.task.name != cfg.task.name:
         raise CvtoolError(f"checkpoint is a {trained.task.name} model but task={cfg.task.name}",
                           where=state["path"], fix=f"drop task= or use task={trained.task.name}")
+    folder_defaults.adopt_trained(cfg, trained)  # the model's own image size, channels, mean/std
     task = C.task_from(cfg)
     if trained.dataset.channels != cfg.dataset.channels:
         raise CvtoolError(f"checkpoint takes {trained.dataset.channels}-channel images but dataset "
@@ -55,4 +57,6 @@ def restore_or_load(cfg: DictConfig, hardware: Hardware):
         raise CvtoolError(f"model_file is a {sidecar['task']} model but task={cfg.task.name}",
                           where=str(cfg.model_file), fix=f"drop task= or use task={sidecar['task']}")
     state = {"task": sidecar["task"], "class_names": sidecar["class_names"], "path": str(cfg.model_file)}
+    if sidecar.get("config"):
+        folder_defaults.adopt_trained(cfg, OmegaConf.create(sidecar["config"]))
     return model, C.task_from(cfg), list(sidecar["class_names"]), state

@@ -61,16 +61,20 @@ class ClassificationSet(Dataset):
 
 
 class ImageFileSet(ClassificationSet):
-    """Reads image files lazily, decoding to RGB."""
+    """Reads image files lazily, decoding to RGB (channels=3) or grayscale (channels=1)."""
 
     def __init__(
-        self, files: list[str], targets: list[int], classes: list[str], source: str, num_skipped: int
+        self, files: list[str], targets: list[int], classes: list[str], source: str, num_skipped: int,
+        channels: int = 3,
     ):
-        super().__init__(classes, targets, 3, source, num_skipped)
+        if channels not in (1, 3):
+            raise CvtoolError(f"image files decode to 1 or 3 channels, not {channels}", where=source,
+                              fix="set dataset.channels=1 (grayscale) or 3 (RGB)")
+        super().__init__(classes, targets, channels, source, num_skipped)
         self.files = files
 
     def load_image(self, index: int) -> torch.Tensor:
-        return read_image(self.files[index], mode="RGB")
+        return read_image(self.files[index], mode="GRAY" if self.channels == 1 else "RGB")
 
     def in_memory(self) -> ClassificationSet:
         """The same split decoded once into one uint8 tensor (all images must share one size)."""
@@ -106,15 +110,17 @@ def open_classification_set(
     seed: int = 0,
     classes: list[str] | None = None,
     cache: bool = False,
+    channels: int = 3,
 ) -> ClassificationSet:
     """Open one split of a classification dataset of the given kind (one of KINDS) found under `root`.
 
-    `cache=True` decodes an ImageFolder split into memory once (small datasets: no decoding per epoch).
+    `cache=True` decodes an ImageFolder split into memory once (small datasets: no decoding per epoch);
+    `channels` is what its files decode to (1 = grayscale, 3 = RGB).
     """
     root = Path(root) if root is not None else None
     if kind == "imagefolder":
         _require_root(root, fix="point it at a folder of <class>/<image> or <split>/<class>/<image> files")
-        dataset = _open_imagefolder(root, split, classes, skip_invalid, val_fraction, seed)
+        dataset = _open_imagefolder(root, split, classes, skip_invalid, val_fraction, seed, channels)
         if cache:
             dataset = dataset.in_memory()
     elif kind in ("mnist", "cifar10"):
@@ -186,7 +192,8 @@ def _seeded_split(targets: list[int], split: str, val_fraction: float, seed: int
 
 
 def _open_imagefolder(
-    root: Path, split: str, classes: list[str] | None, skip_invalid: bool, val_fraction: float, seed: int
+    root: Path, split: str, classes: list[str] | None, skip_invalid: bool, val_fraction: float, seed: int,
+    channels: int = 3,
 ) -> ClassificationSet:
     if (root / split).is_dir():
         folder = root / split
@@ -208,7 +215,7 @@ def _open_imagefolder(
     if not files:
         raise CvtoolError(f"no readable images for split '{split}'", where=str(root))
     source = f"{description} ({len(names)} classes, {len(files)} images)"
-    return ImageFileSet(files, targets, names, source, num_skipped)
+    return ImageFileSet(files, targets, names, source, num_skipped, channels)
 
 
 def _scan_class_dirs(folder: Path, classes: list[str] | None) -> tuple[list[str], list[int], list[str]]:

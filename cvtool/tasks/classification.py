@@ -45,7 +45,7 @@ class ClassificationTask:
         dataset = open_classification_set(ds["kind"], self.dataset_root(), split, transform=transform,
                                           skip_invalid=skip_invalid, download=ds["download"],
                                           val_fraction=ds["val_fraction"], seed=seed, classes=classes,
-                                          cache=ds["cache"])
+                                          cache=ds["cache"], channels=ds["channels"])
         if dataset.channels != ds["channels"]:
             raise CvtoolError(f"images have {dataset.channels} channel(s) but dataset.channels={ds['channels']}",
                               where=dataset.source, fix=f"set dataset.channels={dataset.channels}")

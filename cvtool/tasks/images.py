@@ -7,7 +7,7 @@ import torch
 from cvtool.engine.hardware import Hardware
 from cvtool.models import create_model
 
-NOT_BUILDER_ARGS = ("name", "weights", "amp_on_cpu")  # model config keys that are not builder keyword arguments
+NOT_BUILDER_ARGS = ("name", "weights", "amp_on_cpu", "native_size")  # model config keys that are not builder arguments
 
 
 class Normaliser:
