@@ -91,7 +91,7 @@ def test_validations_at_baseline_for_a_third_of_the_epochs_warn_once_collapse_in
         run_epoch(resumed, trainer_again, 0.2)
     assert resumed.at_baseline == 4 and len(resumed.warnings) == 1
     assert [r.getMessage() for r in caplog.records] == [hook.warnings[0]["message"]]
-    assert "top1 is 0.1900, at or below the majority-class baseline (0.2000) in 3 of the 6" in caplog.text
+    assert "top1 is 0.1900, no better than the majority-class baseline (0.2000) in 3 of the 6" in caplog.text
 
 
 def test_one_validation_at_baseline_in_a_short_run_is_not_enough():

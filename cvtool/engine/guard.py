@@ -73,8 +73,8 @@ class LearningGuardHook(Hook):
         self.at_baseline += 1
         planned = self._planned_validations(trainer)
         if self.at_baseline >= min(planned, max(2, math.ceil(self.fraction * planned - 1e-9))):
-            self._warn(trainer, "no_learning", f"the model is not learning: val {metric} is {value:.4f}, at or "
-                                               f"below the {baseline.what} baseline ({baseline.value:.4f}) in "
+            self._warn(trainer, "no_learning", f"the model is not learning: val {metric} is {value:.4f}, no better "
+                                               f"than the {baseline.what} baseline ({baseline.value:.4f}) in "
                                                f"{self.at_baseline} of the {self.validated} validations so far "
                                                f"(epoch {trainer.epoch} of {trainer.epochs})")
 
