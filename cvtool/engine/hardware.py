@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -44,6 +46,28 @@ def native_cpu_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private helpers of torch.cpu: absent -> assume no native bf16
         return False
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it (Linux /proc/cpuinfo; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    """The machine a measured figure belongs to: CPU model, its bf16/AMX support, threads, GPU and torch."""
+    try:
+        flags = f"AVX512-BF16 {'yes' if torch.cpu._is_avx512_bf16_supported() else 'no'}, " \
+                f"AMX {'yes' if torch.cpu._is_amx_tile_supported() else 'no'}"
+    except AttributeError:
+        flags = "bf16 support unknown"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu_model()} ({flags}), {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
 
 
 def _auto(value, default: bool) -> bool:

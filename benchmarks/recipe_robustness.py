@@ -1,0 +1,137 @@
+"""Do the default recipes hold on this machine? Each default `cvtool train` run for several seeds, in fp32
+(`hardware.amp=off`) and in the precision `hardware.amp=auto` picks here (bf16 on CPUs with native bf16, unless
+the model's config keeps it in fp32), scored against the targets of issue 22: every run over its floor and
+within its time, the mean over its floor too. Prints one table with the machine it was measured on.
+
+Each run is a full `cvtool train` in a subprocess, so the whole matrix takes hours on 2 CPU cores. Finished runs
+are kept in --results (JSON lines, keyed by machine, default, precision and seed) and not run again, so the
+benchmark can be run piecewise and resumed:
+
+    python benchmarks/recipe_robustness.py                          # everything (hours)
+    python benchmarks/recipe_robustness.py --only segmentation unet --seeds 0 1 --precisions auto
+    python benchmarks/recipe_robustness.py --table                  # print the table of what was measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from quality_vs_plain_loop import cvtool_run
+
+from cvtool.commands import components as C
+from cvtool.config import runner
+from cvtool.engine.hardware import machine_summary
+
+
+@dataclass(frozen=True)
+class Default:
+    overrides: tuple[str, ...]
+    floor: float  # every run's metric >= floor
+    mean_floor: float  # the mean over seeds >= mean_floor
+    minutes: float  # every run's wall-clock time (the whole command) <= minutes
+
+
+DEFAULTS = {
+    "classification": Default((), 0.96, 0.97, 2),
+    "detection": Default(("task=detection",), 0.88, 0.90, 6),
+    "segmentation": Default(("task=segmentation",), 0.88, 0.90, 5),
+    "unet": Default(("task=segmentation", "model=unet"), 0.88, 0.90, 5),
+    "faster_rcnn": Default(("task=detection", "model=faster_rcnn"), 0.45, 0.55, 10),
+}
+PRECISIONS = {"fp32": "hardware.amp=off", "auto": "hardware.amp=auto"}
+
+
+def auto_precision(default: Default) -> str:
+    """What `hardware.amp=auto` trains this default in on this machine: bf16, fp16 or fp32."""
+    cfg = runner.compose("train", list(default.overrides))
+    dtype = C.setup(cfg).amp_dtype
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
+        "float16", "fp16")
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append(path: Path, records: list[dict], record: dict) -> None:
+    records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def measure(name: str, precision: str, seed: int, resolved: str) -> dict:
+    metrics, seconds = cvtool_run([*DEFAULTS[name].overrides, PRECISIONS[precision], f"seed={seed}"])
+    warnings = [w["kind"] for w in metrics.get("warnings", [])]
+    return {"machine": machine_summary(), "default": name, "precision": precision, "dtype": resolved,
+            "seed": seed, "metric": metrics["metric"], "value": metrics["best"], "seconds": seconds,
+            "warnings": warnings}
+
+
+def verdict(default: Default, value: float, seconds: float) -> str:
+    problems = [f"< {default.floor}"] * (value < default.floor) + [f"> {default.minutes:g} min"] * (
+        seconds > 60 * default.minutes)
+    return "ok" if not problems else "FAIL " + ", ".join(problems)
+
+
+def table(records: list[dict], machine: str) -> None:
+    """One row per run, then per default and precision: min, mean and whether the targets hold."""
+    rows = [r for r in records if r["machine"] == machine]
+    print(f"\nMachine: {machine}")
+    print(f"{'default':<15}{'precision':<12}{'seed':>5}{'metric':>10}{'value':>8}{'time':>9}  verdict")
+    for r in sorted(rows, key=lambda r: (list(DEFAULTS).index(r["default"]), r["precision"], r["seed"])):
+        note = f"  warned: {', '.join(r['warnings'])}" if r["warnings"] else ""
+        print(f"{r['default']:<15}{r['precision'] + ' (' + r['dtype'] + ')':<12}{r['seed']:>5}{r['metric']:>10}"
+              f"{r['value']:>8.3f}{r['seconds'] / 60:>7.2f} m  "
+              f"{verdict(DEFAULTS[r['default']], r['value'], r['seconds'])}{note}")
+    print(f"\n{'default':<15}{'precision':<12}{'runs':>5}{'min':>8}{'mean':>8}{'max time':>10}  targets")
+    for name, default in DEFAULTS.items():
+        for precision in PRECISIONS:
+            group = [r for r in rows if r["default"] == name and r["precision"] == precision]
+            if not group:
+                continue
+            values = [r["value"] for r in group]
+            low, mean, slowest = min(values), statistics.mean(values), max(r["seconds"] for r in group)
+            held = low >= default.floor and mean >= default.mean_floor and slowest <= 60 * default.minutes
+            print(f"{name:<15}{precision + ' (' + group[0]['dtype'] + ')':<12}{len(group):>5}{low:>8.3f}{mean:>8.3f}"
+                  f"{slowest / 60:>8.2f} m  {'held' if held else 'NOT held'} (every run >= {default.floor}, mean >= "
+                  f"{default.mean_floor}, <= {default.minutes:g} min)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(DEFAULTS), default=list(DEFAULTS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--precisions", nargs="*", choices=sorted(PRECISIONS), default=list(PRECISIONS))
+    parser.add_argument("--results", type=Path, default=Path("runs/benchmarks/recipe_robustness.jsonl"))
+    parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
+    args = parser.parse_args()
+    machine = machine_summary()
+    records = load(args.results)
+    done = {(r["default"], r["precision"], r["seed"]) for r in records if r["machine"] == machine}
+    for name in [] if args.table else args.only:
+        resolved = {"fp32": "fp32", "auto": auto_precision(DEFAULTS[name])}
+        for precision in args.precisions:
+            for seed in args.seeds:
+                if (name, precision, seed) in done:
+                    continue
+                if precision == "auto" and resolved["auto"] == "fp32":  # auto is fp32 here: the fp32 run is it
+                    twin = [r for r in records if r["machine"] == machine and (r["default"], r["precision"],
+                                                                               r["seed"]) == (name, "fp32", seed)]
+                    if twin:
+                        append(args.results, records, {**twin[0], "precision": "auto"})
+                        continue
+                print(f"cvtool train {' '.join(DEFAULTS[name].overrides)} {PRECISIONS[precision]} seed={seed} "
+                      f"({resolved[precision]}) ...", flush=True)
+                record = measure(name, precision, seed, resolved[precision])
+                print(f"  {record['metric']} {record['value']:.3f} in {record['seconds'] / 60:.2f} min", flush=True)
+                append(args.results, records, record)
+    table(records, machine)
+
+
+if __name__ == "__main__":
+    main()
