@@ -97,13 +97,15 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
 
 
 def coco_detection(cfg: DictConfig) -> Evaluation:
-    from cvtool.data.coco_json import load_instances, load_results
+    from cvtool.data.coco_json import load_instances, load_results, require_segmentations
     from cvtool.metrics.coco import CocoEvaluator, check_iou_types, coco_api
 
     prepared_root(cfg.dataset)
     gt_data = load_instances(cfg.dataset.ann_file)
     results = load_results(cfg.predictions, gt_data)
     iou_types = check_iou_types(results, cfg.iou_type, str(cfg.predictions))
+    if "segm" in iou_types:
+        require_segmentations(gt_data, cfg.dataset.ann_file)
     categories = sorted(gt_data["categories"], key=lambda c: c["id"])
     evaluator = CocoEvaluator(coco_api(gt_data, cfg.backend), [c["id"] for c in categories], iou_types, cfg.backend)
     evaluator.results = results

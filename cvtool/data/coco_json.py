@@ -10,6 +10,8 @@ from typing import Any
 from cvtool.errors import CvtoolError
 from cvtool.utils.atomic import atomic_write_text
 
+from .coco_segmentation import image_size_problem, is_integer, polygon_problem, rle_problem
+
 RESULTS_FIX = ("a results JSON is a list of {image_id, category_id, score, bbox: [x, y, w, h]} and/or "
                "segmentation: RLE {size, counts}")
 
@@ -40,7 +42,7 @@ def _require(items: Any, key: str, path: Path, fields: tuple[str, ...]) -> list[
 
 
 def load_instances(path: str | Path) -> dict:
-    """A COCO instances JSON with the keys the evaluator relies on."""
+    """A COCO instances JSON with the keys the evaluator relies on, every id, box, size and mask checked."""
     path = Path(path)
     data = read_json(path, "COCO annotation file")
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
@@ -49,14 +51,81 @@ def load_instances(path: str | Path) -> dict:
     data.setdefault("annotations", [])
     images = _require(data["images"], "images", path, ("id",))
     categories = _require(data["categories"], "categories", path, ("id", "name"))
+    sizes = {}
+    for i, im in enumerate(images):
+        _check_id(im, "id", f"images[{i}]", path)
+        if "width" in im or "height" in im:
+            if problem := image_size_problem(im.get("height"), im.get("width")):
+                raise CvtoolError(f"images[{i}] {problem}", where=str(path), fix="give every image its size in pixels")
+            sizes[im["id"]] = (im["height"], im["width"])
+    for i, c in enumerate(categories):
+        _check_id(c, "id", f"categories[{i}]", path)
+        if not isinstance(c["name"], str):
+            raise CvtoolError(f"categories[{i}] has name {c['name']!r}, not a string", where=str(path),
+                              fix="name every category")
     image_ids, category_ids = {im["id"] for im in images}, {c["id"] for c in categories}
-    for i, ann in enumerate(_require(data["annotations"], "annotations", path,
-                                     ("image_id", "category_id", "bbox", "area", "iscrowd"))):
-        if ann["image_id"] not in image_ids or ann["category_id"] not in category_ids:
-            bad = "image_id" if ann["image_id"] not in image_ids else "category_id"
-            raise CvtoolError(f"annotations[{i}] refers to unknown {bad} {ann[bad]!r}", where=str(path),
-                              fix="every annotation must refer to an entry of 'images' and 'categories'")
+    annotations = _require(data["annotations"], "annotations", path,
+                           ("id", "image_id", "category_id", "bbox", "area", "iscrowd"))
+    for i, ann in enumerate(annotations):
+        _check_annotation(ann, f"annotations[{i}]", path, image_ids, category_ids, sizes)
+    duplicate = _first_duplicate([ann["id"] for ann in annotations])
+    if duplicate is not None:
+        raise CvtoolError(f"annotation id {duplicate!r} is used twice", where=str(path),
+                          fix="give every annotation a unique 'id'")
     return data
+
+
+def _is_id(value: Any) -> bool:
+    return is_integer(value) or isinstance(value, str)
+
+
+def _check_id(item: dict, key: str, name: str, path: Path) -> None:
+    if not _is_id(item[key]):
+        raise CvtoolError(f"{name} has {key} {item[key]!r}, not an integer or string", where=str(path),
+                          fix="COCO ids are integers")
+
+
+def _first_duplicate(values: list) -> Any:
+    seen: set = set()
+    return next((v for v in values if v in seen or seen.add(v)), None)
+
+
+def _check_annotation(ann: dict, name: str, path: Path, image_ids: set, category_ids: set, sizes: dict) -> None:
+    for key in ("id", "image_id", "category_id"):
+        _check_id(ann, key, name, path)
+    if ann["image_id"] not in image_ids or ann["category_id"] not in category_ids:
+        bad = "image_id" if ann["image_id"] not in image_ids else "category_id"
+        raise CvtoolError(f"{name} refers to unknown {bad} {ann[bad]!r}", where=str(path),
+                          fix="every annotation must refer to an entry of 'images' and 'categories'")
+    box = ann["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)) and box[2] >= 0 <= box[3]):
+        raise CvtoolError(f"{name} has bbox {box!r}, not [x, y, width >= 0, height >= 0]", where=str(path),
+                          fix="write boxes as [x, y, width, height] in pixels")
+    if not (_is_number(ann["area"]) and ann["area"] >= 0) or ann["iscrowd"] not in (0, 1):
+        bad = "area" if ann["iscrowd"] in (0, 1) else "iscrowd"
+        raise CvtoolError(f"{name} has {bad} {ann[bad]!r}", where=str(path),
+                          fix="'area' is a number of pixels >= 0 and 'iscrowd' is 0 or 1")
+    if "segmentation" in ann:
+        segmentation, shape = ann["segmentation"], sizes.get(ann["image_id"])
+        problem = (rle_problem(segmentation, shape) if isinstance(segmentation, dict) else
+                   polygon_problem(segmentation) or (None if shape else f"has a polygon but image "
+                                                     f"{ann['image_id']!r} has no width/height"))
+        if problem:
+            raise CvtoolError(f"{name} {problem}", where=str(path),
+                              fix="a segmentation is a list of polygons [x1, y1, x2, y2, ...] or an RLE {size: "
+                                  "[height, width], counts} of the image's size")
+
+
+def require_segmentations(data: dict, path: str | Path) -> None:
+    """Mask evaluation (iou_type=segm) needs every ground-truth annotation's segmentation and every image's size."""
+    lacking = next((i for i, ann in enumerate(data["annotations"]) if "segmentation" not in ann), None)
+    if lacking is not None:
+        raise CvtoolError(f"annotations[{lacking}] has no 'segmentation' for iou_type=segm", where=str(path),
+                          fix="evaluate iou_type=bbox, or use an annotation file with masks")
+    sizeless = next((i for i, im in enumerate(data["images"]) if "height" not in im or "width" not in im), None)
+    if sizeless is not None:
+        raise CvtoolError(f"images[{sizeless}] has no width/height, needed for iou_type=segm", where=str(path),
+                          fix="give every image its size in pixels")
 
 
 def _is_number(value: Any) -> bool:
@@ -70,10 +139,10 @@ def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> 
     for key in ("image_id", "category_id", "score"):
         if key not in r:
             raise CvtoolError(f"result lacks '{key}'", where=where, fix=RESULTS_FIX)
-    if r["image_id"] not in images:
+    if not _is_id(r["image_id"]) or r["image_id"] not in images:
         raise CvtoolError(f"image_id {r['image_id']!r} is not an image of the ground truth", where=where,
                           fix="evaluate against the annotation file the predictions were made for")
-    if r["category_id"] not in categories:
+    if not _is_id(r["category_id"]) or r["category_id"] not in categories:
         raise CvtoolError(f"category_id {r['category_id']!r} is not a category of the ground truth", where=where,
                           fix=f"use the ground truth's category ids ({', '.join(map(str, sorted(categories)))})")
     if not _is_number(r["score"]):
@@ -85,14 +154,20 @@ def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> 
         if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)) and box[2] >= 0 <= box[3]):
             raise CvtoolError(f"bbox {box!r} is not [x, y, width >= 0, height >= 0]", where=where, fix=RESULTS_FIX)
     if "segmentation" in r:
-        rle = r["segmentation"]
-        if not (isinstance(rle, dict) and "counts" in rle and isinstance(rle.get("size"), list)):
-            raise CvtoolError("segmentation is not an RLE {size, counts}", where=where,
-                              fix="encode masks with pycocotools.mask.encode (polygons are not results)")
-        h, w = images[r["image_id"]]
-        if h is not None and list(rle["size"]) != [h, w]:
-            raise CvtoolError(f"RLE size {rle['size']} differs from the image's [height, width] {[h, w]}",
-                              where=where, fix="encode masks at the image's original size")
+        shape = images[r["image_id"]]
+        if shape is None:
+            raise CvtoolError(f"image {r['image_id']!r} has no width/height in the ground truth, needed to check its "
+                              "masks", where=where, fix="give every image of the ground truth its size in pixels")
+        if not isinstance(r["segmentation"], dict):
+            problem = "has a segmentation that is not an RLE {size, counts}"
+        elif isinstance(r["segmentation"].get("counts"), list):
+            problem = "has uncompressed RLE 'counts' (a list)"
+        else:
+            problem = rle_problem(r["segmentation"], shape)
+        if problem:
+            raise CvtoolError(f"result {i} {problem}", where=where,
+                              fix="encode each mask at the image's size with pycocotools.mask.encode and write its "
+                                  "counts as a string (polygons are not results)")
 
 
 def load_results(path: str | Path, gt: dict) -> list[dict]:
@@ -102,7 +177,7 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
     if not isinstance(results, list):
         raise CvtoolError(f"results JSON is a {type(results).__name__}, not a list", where=str(path),
                           fix=RESULTS_FIX)
-    images = {im["id"]: (im.get("height"), im.get("width")) for im in gt["images"]}
+    images = {im["id"]: (im["height"], im["width"]) if "height" in im else None for im in gt["images"]}
     categories = {c["id"] for c in gt["categories"]}
     for i, r in enumerate(results):
         _check_result(r, i, images, categories, path)

@@ -37,11 +37,14 @@ def read_index_png(path: str | Path) -> np.ndarray:
                                   fix="save one class index per pixel (palette 'P' or 8-bit 'L' PNG); convert "
                                       "colour masks by mapping each palette colour to its index")
             indices = np.asarray(image)
-            return indices.astype(np.uint8) if image.mode == "1" else indices
     except FileNotFoundError:
         raise CvtoolError("mask file not found", where=str(path), fix="every listed image needs its mask") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise CvtoolError(f"unreadable image ({err})", where=str(path), fix="re-save it as PNG") from None
+    if indices.dtype.kind == "i" and indices.size and indices.min() < 0:
+        raise CvtoolError(f"negative value {int(indices.min())} where class indices are expected", where=str(path),
+                          fix="save one class index >= 0 per pixel (palette 'P' or 8-bit 'L' PNG)")
+    return indices.astype(np.uint8) if indices.dtype == bool else indices
 
 
 def write_index_png(path: str | Path, indices: np.ndarray) -> Path:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -20,8 +22,18 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise CvtoolError(f"{what} file not found", where=str(path), fix="check the path")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            stored = path.stat().st_size - f.tell()
+            if not dtype.hasobject and math.prod(shape) * dtype.itemsize > stored:  # before allocating it
+                raise ValueError(f"its header promises shape {shape} of {dtype} but only {stored} bytes follow")
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    # a garbled header fails inside numpy's parser (ast/tokenize) with any of these
+    except (ValueError, OSError, EOFError, SyntaxError, TokenError) as err:
         raise CvtoolError(f"not a readable .npy array ({err})", where=str(path),
                           fix="save it with numpy.save (numeric array, no pickled objects)") from None
 
@@ -41,6 +53,8 @@ def _check_logits(logits: np.ndarray, where: str) -> np.ndarray:
     if logits.ndim != 2 or logits.shape[1] < 1 or logits.dtype.kind not in "iuf":
         raise CvtoolError(f"logits must be a numeric N x C array, got shape {logits.shape} dtype {logits.dtype}",
                           where=where, fix="store one row of class scores per sample")
+    if len(logits) == 0:
+        raise CvtoolError("the predictions hold no samples", where=where, fix="store one row per evaluated sample")
     bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
     if bad.size:
         raise CvtoolError(f"sample {bad[0]} has a non-finite logit", where=where, fix="store finite scores")
@@ -64,8 +78,13 @@ def read_csv_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise CvtoolError("predictions file not found", where=str(path), fix="check the path")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
+    except UnicodeDecodeError as err:
+        raise CvtoolError(f"not a UTF-8 text file (byte {err.start})", where=str(path),
+                          fix="pass a predictions CSV (target,logit_0,...)") from None
+    except csv.Error as err:
+        raise CvtoolError(f"malformed CSV ({err})", where=str(path), fix="repair or regenerate the CSV") from None
     if not rows:
         raise CvtoolError("empty CSV", where=str(path), fix="write a header with target,logit_0,...")
     header = [h.strip() for h in rows[0]]

@@ -5,6 +5,7 @@ Image ids are strings (leading zeros kept). Boxes stay in the devkit's 1-based i
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,11 @@ def read_split(root: Path, kind: str, split: str) -> list[str]:
         found = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise CvtoolError(f"split list {split}.txt not found", where=str(path),
                           fix=f"use dataset.split= one of {', '.join(found)}" if found else "check dataset.root")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text_lines(path, "a split list") if line.strip()]
+    bad = next((n for n, i in enumerate(ids, start=1) if "\0" in i or "/" in i or i in (".", "..")), None)
+    if bad is not None:
+        raise CvtoolError(f"{ids[bad - 1]!r} is not an image id", where=str(path),
+                          fix="list one image id (a file name without extension) per line")
     if not ids:
         raise CvtoolError("split list is empty", where=str(path), fix="list one image id per line")
     return ids
@@ -63,9 +68,30 @@ def _text(element: ET.Element, tag: str, where: str) -> str:
 def _number(element: ET.Element, tag: str, where: str) -> float:
     text = _text(element, tag, where)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise CvtoolError(f"<{tag}> is not a number: {text!r}", where=where, fix="write pixel coordinates") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise CvtoolError(f"<{tag}> is not a finite number: {text!r}", where=where, fix="write pixel coordinates")
+    return value
+
+
+def _pixels(size: ET.Element, tag: str, where: str) -> int:
+    value = _number(size, tag, where)
+    if value < 0 or value != int(value):
+        raise CvtoolError(f"<{tag}> is not a pixel count: {value:g}", where=where, fix="write the image size")
+    return int(value)
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file, with one clear error for a missing, unreadable or binary file."""
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise CvtoolError(f"{what} is not UTF-8 text (byte {err.start})", where=str(path),
+                          fix=f"write {what} as plain text") from None
+    except OSError as err:
+        raise CvtoolError(f"cannot read {what} ({err.strerror})", where=str(path), fix="check the path") from None
 
 
 def parse_annotation(path: Path, class_index: dict[str, int]) -> tuple[list[tuple], tuple[int, int] | None]:
@@ -75,6 +101,9 @@ def parse_annotation(path: Path, class_index: dict[str, int]) -> tuple[list[tupl
     except FileNotFoundError:
         raise CvtoolError("annotation file not found", where=str(path),
                           fix="every image id of the split needs Annotations/<id>.xml") from None
+    except OSError as err:
+        raise CvtoolError(f"cannot read annotation file ({err.strerror})", where=str(path),
+                          fix="every image id of the split needs a readable Annotations/<id>.xml") from None
     except ET.ParseError as err:
         line, column = err.position
         raise CvtoolError(f"malformed XML ({err})", where=f"{path}:{line}:{column}",
@@ -82,7 +111,7 @@ def parse_annotation(path: Path, class_index: dict[str, int]) -> tuple[list[tupl
     size = root.find("size")
     wh = None
     if size is not None and size.find("width") is not None:
-        wh = (int(_number(size, "width", f"{path} <size>")), int(_number(size, "height", f"{path} <size>")))
+        wh = (_pixels(size, "width", f"{path} <size>"), _pixels(size, "height", f"{path} <size>"))
     objects = []
     for k, obj in enumerate(root.iter("object")):
         where = f"{path} object #{k + 1}"

@@ -11,6 +11,8 @@ import numpy as np
 from cvtool.errors import CvtoolError
 from cvtool.utils.atomic import atomic_write_text
 
+from .voc_annotations import read_text_lines
+
 RESULT_FILE = re.compile(r"^comp[34]_det_(?P<rest>.+)\.txt$")
 
 
@@ -51,7 +53,8 @@ def _bad_line(path: Path, number: int, problem: str) -> CvtoolError:
 
 def read_result_file(path: Path, image_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image index, score, box (N, 4)) of one class's result file, in file order."""
-    numbered = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1)]
+    lines = read_text_lines(path, "a VOC result file")
+    numbered = [(n, line.split()) for n, line in enumerate(lines, start=1)]
     numbered = [(n, fields) for n, fields in numbered if fields]
     for n, fields in numbered:
         if len(fields) != 6:
