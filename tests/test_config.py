@@ -102,7 +102,8 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg"])
     assert cfg.task.dice_weight == 0.0  # `${recipe:dice_weight,0.0}`: no row has it
     cfg = runner.compose("train", ["task=segmentation"])
-    assert cfg.task.dice_weight == 1.0 and cfg.trainer.epochs == 11  # shapes' fcn8s row, the rest from default
+    assert cfg.task.dice_weight == 1.0 and cfg.trainer.epochs == 10  # shapes' fcn8s row, the rest from default
+    assert cfg.dataset.train_transforms[1].size == 96 and cfg.optim.lr == 1e-2  # fp32 on CPUs: 96 px crops
     cfg = runner.compose("train", ["task=segmentation", "model=segnet", "+dataset.recipe.default.dice_weight=0.5"])
     assert cfg.task.dice_weight == 0.5
     cfg = runner.compose("train", ["task=segmentation", "model=lraspp"])
