@@ -15,6 +15,7 @@ benchmark can be run piecewise and resumed:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -53,6 +54,18 @@ def auto_precision(default: Default) -> str:
         "float16", "fp16")
 
 
+def recipe_id(default: Default) -> str:
+    """A short hash of the config this default composes to (seed and precision aside): stored runs of another
+    recipe are neither reused nor tabled once a config changes."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(runner.compose("train", list(default.overrides)), resolve=True)
+    for key in ("seed", "paths"):
+        cfg.pop(key, None)
+    cfg.get("hardware", {}).pop("amp", None)
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -64,10 +77,10 @@ def append(path: Path, records: list[dict], record: dict) -> None:
         out.write(json.dumps(record) + "\n")
 
 
-def measure(name: str, precision: str, seed: int, resolved: str) -> dict:
+def measure(name: str, precision: str, seed: int, resolved: str, recipe: str) -> dict:
     metrics, seconds = cvtool_run([*DEFAULTS[name].overrides, PRECISIONS[precision], f"seed={seed}"])
     warnings = [w["kind"] for w in metrics.get("warnings", [])]
-    return {"machine": machine_summary(), "default": name, "precision": precision, "dtype": resolved,
+    return {"machine": machine_summary(), "default": name, "recipe": recipe, "precision": precision, "dtype": resolved,
             "seed": seed, "metric": metrics["metric"], "value": metrics["best"], "seconds": seconds,
             "warnings": warnings}
 
@@ -78,9 +91,10 @@ def verdict(default: Default, value: float, seconds: float) -> str:
     return "ok" if not problems else "FAIL " + ", ".join(problems)
 
 
-def table(records: list[dict], machine: str) -> None:
-    """One row per run, then per default and precision: min, mean and whether the targets hold."""
-    rows = [r for r in records if r["machine"] == machine]
+def table(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
+    """One row per run of the current recipes, then per default and precision: min, mean and whether the targets
+    hold."""
+    rows = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]]
     print(f"\nMachine: {machine}")
     print(f"{'default':<15}{'precision':<12}{'seed':>5}{'metric':>10}{'value':>8}{'time':>9}  verdict")
     for r in sorted(rows, key=lambda r: (list(DEFAULTS).index(r["default"]), r["precision"], r["seed"])):
@@ -111,8 +125,10 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
     args = parser.parse_args()
     machine = machine_summary()
+    recipes = {name: recipe_id(default) for name, default in DEFAULTS.items()}
     records = load(args.results)
-    done = {(r["default"], r["precision"], r["seed"]) for r in records if r["machine"] == machine}
+    done = {(r["default"], r["precision"], r["seed"]) for r in records
+            if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]}
     for name in [] if args.table else args.only:
         resolved = {"fp32": "fp32", "auto": auto_precision(DEFAULTS[name])}
         for precision in args.precisions:
@@ -120,17 +136,17 @@ def main() -> None:
                 if (name, precision, seed) in done:
                     continue
                 if precision == "auto" and resolved["auto"] == "fp32":  # auto is fp32 here: the fp32 run is it
-                    twin = [r for r in records if r["machine"] == machine and (r["default"], r["precision"],
-                                                                               r["seed"]) == (name, "fp32", seed)]
+                    twin = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[name]
+                            and (r["default"], r["precision"], r["seed"]) == (name, "fp32", seed)]
                     if twin:
                         append(args.results, records, {**twin[0], "precision": "auto"})
                         continue
                 print(f"cvtool train {' '.join(DEFAULTS[name].overrides)} {PRECISIONS[precision]} seed={seed} "
                       f"({resolved[precision]}) ...", flush=True)
-                record = measure(name, precision, seed, resolved[precision])
+                record = measure(name, precision, seed, resolved[precision], recipes[name])
                 print(f"  {record['metric']} {record['value']:.3f} in {record['seconds'] / 60:.2f} min", flush=True)
                 append(args.results, records, record)
-    table(records, machine)
+    table(records, machine, recipes)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     assert (cfg.optim.lr, cfg.trainer.epochs, cfg.task.dice_weight) == (3.0e-3, 11, 0.0)  # lraspp row + default row
     cfg = runner.compose("train", ["task=segmentation", "model=unet"])  # shapes' unet row: its own augmentation
     assert cfg.model.aux and (cfg.task.aux_weight, cfg.task.dice_weight) == (1.0, 1.0)
-    assert len(cfg.dataset.train_transforms) == 1
+    assert [t.get("size") for t in cfg.dataset.train_transforms] == [None, 96]  # flip, 96 px crops (no rescaling)
+    assert cfg.trainer.epochs == 7
     cfg = runner.compose("train", ["task=segmentation", "model=unet", "dataset=voc_seg"])
     assert not cfg.model.aux and cfg.task.aux_weight == 0.5 and len(cfg.dataset.train_transforms) > 1
 
