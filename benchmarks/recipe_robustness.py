@@ -5,7 +5,8 @@ within its time, the mean over its floor too. Prints one table with the machine 
 
 Each run is a full `cvtool train` in a subprocess, so the whole matrix takes hours on 2 CPU cores. Finished runs
 are kept in --results (JSON lines, keyed by machine, default, precision and seed) and not run again, so the
-benchmark can be run piecewise and resumed:
+benchmark can be run piecewise and resumed. A record with "contended": true was timed while other work ran on
+the machine (its time is an upper bound; tables mark it †):
 
     python benchmarks/recipe_robustness.py                          # everything (hours)
     python benchmarks/recipe_robustness.py --only segmentation unet --seeds 0 1 --precisions auto
@@ -99,21 +100,50 @@ def table(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
     print(f"{'default':<15}{'precision':<12}{'seed':>5}{'metric':>10}{'value':>8}{'time':>9}  verdict")
     for r in sorted(rows, key=lambda r: (list(DEFAULTS).index(r["default"]), r["precision"], r["seed"])):
         note = f"  warned: {', '.join(r['warnings'])}" if r["warnings"] else ""
+        note += "  (timed with other work running: an upper bound)" if r.get("contended") else ""
         print(f"{r['default']:<15}{r['precision'] + ' (' + r['dtype'] + ')':<12}{r['seed']:>5}{r['metric']:>10}"
               f"{r['value']:>8.3f}{r['seconds'] / 60:>7.2f} m  "
               f"{verdict(DEFAULTS[r['default']], r['value'], r['seconds'])}{note}")
     print(f"\n{'default':<15}{'precision':<12}{'runs':>5}{'min':>8}{'mean':>8}{'max time':>10}  targets")
-    for name, default in DEFAULTS.items():
-        for precision in PRECISIONS:
-            group = [r for r in rows if r["default"] == name and r["precision"] == precision]
-            if not group:
-                continue
-            values = [r["value"] for r in group]
-            low, mean, slowest = min(values), statistics.mean(values), max(r["seconds"] for r in group)
-            held = low >= default.floor and mean >= default.mean_floor and slowest <= 60 * default.minutes
-            print(f"{name:<15}{precision + ' (' + group[0]['dtype'] + ')':<12}{len(group):>5}{low:>8.3f}{mean:>8.3f}"
-                  f"{slowest / 60:>8.2f} m  {'held' if held else 'NOT held'} (every run >= {default.floor}, mean >= "
-                  f"{default.mean_floor}, <= {default.minutes:g} min)")
+    for name, precision, group in groups(rows):
+        default, values = DEFAULTS[name], [r["value"] for r in group]
+        low, mean, slowest = min(values), statistics.mean(values), max(r["seconds"] for r in group)
+        print(f"{name:<15}{precision + ' (' + group[0]['dtype'] + ')':<12}{len(group):>5}{low:>8.3f}{mean:>8.3f}"
+              f"{slowest / 60:>8.2f} m  {'held' if held(default, group) else 'NOT held'} ({targets(default)})")
+
+
+def groups(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(default, precision, its runs by seed) for every pair measured."""
+    found = [(name, precision, sorted((r for r in rows if (r["default"], r["precision"]) == (name, precision)),
+                                      key=lambda r: r["seed"])) for name in DEFAULTS for precision in PRECISIONS]
+    return [(name, precision, group) for name, precision, group in found if group]
+
+
+def held(default: Default, group: list[dict]) -> bool:
+    values = [r["value"] for r in group]
+    return (min(values) >= default.floor and statistics.mean(values) >= default.mean_floor
+            and max(r["seconds"] for r in group) <= 60 * default.minutes)
+
+
+def targets(default: Default) -> str:
+    return f"every run >= {default.floor}, mean >= {default.mean_floor}, <= {default.minutes:g} min"
+
+
+def markdown(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
+    """The summary as a Markdown table (the README's), one row per default and precision."""
+    rows = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]]
+    print(f"Machine: {machine}\n")
+    print("| default | precision | seeds | metric per seed | min | mean | time per run | targets | |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, precision, group in groups(rows):
+        default, values = DEFAULTS[name], [r["value"] for r in group]
+        minutes = [r["seconds"] / 60 for r in group]
+        command = " ".join(("cvtool train", *default.overrides))
+        print(f"| `{command}` | {precision} ({group[0]['dtype']}) | {' / '.join(str(r['seed']) for r in group)} | "
+              f"{group[0]['metric']} {' / '.join(f'{v:.3f}' for v in values)} | {min(values):.3f} | "
+              f"{statistics.mean(values):.3f} | {min(minutes):.1f}–{max(minutes):.1f} min"
+              f"{' †' if any(r.get('contended') for r in group) else ''} | {targets(default)} | "
+              f"{'held' if held(default, group) else '**not held**'} |")
 
 
 def main() -> None:
@@ -123,12 +153,16 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", choices=sorted(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--results", type=Path, default=Path("runs/benchmarks/recipe_robustness.jsonl"))
     parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
+    parser.add_argument("--markdown", action="store_true", help="print the summary of the stored results as the "
+                                                                "README's Markdown table only")
     args = parser.parse_args()
     machine = machine_summary()
     recipes = {name: recipe_id(default) for name, default in DEFAULTS.items()}
     records = load(args.results)
     done = {(r["default"], r["precision"], r["seed"]) for r in records
             if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]}
+    if args.markdown:
+        return markdown(records, machine, recipes)
     for name in [] if args.table else args.only:
         resolved = {"fp32": "fp32", "auto": auto_precision(DEFAULTS[name])}
         for precision in args.precisions:
