@@ -98,7 +98,7 @@ def test_recipe_rows_size_runs_per_model_with_defaults_and_fallbacks():
     cfg = runner.compose("train", ["task=detection", "model=ssdlite"])
     assert (cfg.trainer.epochs, cfg.data.batch_size) == (12, 32)  # its default row
     cfg = runner.compose("train", ["task=detection"])
-    assert (cfg.model.name, cfg.trainer.epochs, cfg.data.batch_size) == ("yolo", 15, 32)  # yolo row + default row
+    assert (cfg.model.name, cfg.trainer.epochs, cfg.data.batch_size) == ("yolo", 14, 32)  # yolo row + default row
     cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg"])
     assert cfg.task.dice_weight == 0.0  # `${recipe:dice_weight,0.0}`: no row has it
     cfg = runner.compose("train", ["task=segmentation"])
