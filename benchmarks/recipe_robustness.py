@@ -64,6 +64,8 @@ def recipe_id(default: Default) -> str:
     for key in ("seed", "paths"):
         cfg.pop(key, None)
     cfg.get("hardware", {}).pop("amp", None)
+    for key in ("recipe", "detector", "segmenter"):  # read only through interpolations, resolved above: another
+        cfg["dataset"].pop(key, None)                # model's row is not this default's recipe
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
