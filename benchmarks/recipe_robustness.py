@@ -69,6 +69,11 @@ def recipe_id(default: Default) -> str:
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def current(records: list[dict], machine: str, recipes: dict[str, str]) -> list[dict]:
+    """The stored runs of this machine and of each default's current recipe."""
+    return [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]]
+
+
 def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -97,7 +102,7 @@ def verdict(default: Default, value: float, seconds: float) -> str:
 def table(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
     """One row per run of the current recipes, then per default and precision: min, mean and whether the targets
     hold."""
-    rows = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]]
+    rows = current(records, machine, recipes)
     print(f"\nMachine: {machine}")
     print(f"{'default':<15}{'precision':<12}{'seed':>5}{'metric':>10}{'value':>8}{'time':>9}  verdict")
     for r in sorted(rows, key=lambda r: (list(DEFAULTS).index(r["default"]), r["precision"], r["seed"])):
@@ -133,7 +138,7 @@ def targets(default: Default) -> str:
 
 def markdown(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
     """The summary as a Markdown table (the README's), one row per default and precision."""
-    rows = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]]
+    rows = current(records, machine, recipes)
     print(f"Machine: {machine}\n")
     print("| default | precision | seeds | metric per seed | min | mean | time per run | targets | |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -161,8 +166,7 @@ def main() -> None:
     machine = machine_summary()
     recipes = {name: recipe_id(default) for name, default in DEFAULTS.items()}
     records = load(args.results)
-    done = {(r["default"], r["precision"], r["seed"]) for r in records
-            if r["machine"] == machine and r.get("recipe") == recipes[r["default"]]}
+    done = {(r["default"], r["precision"], r["seed"]) for r in current(records, machine, recipes)}
     if args.markdown:
         return markdown(records, machine, recipes)
     for name in [] if args.table else args.only:
