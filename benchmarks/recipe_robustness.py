@@ -145,10 +145,11 @@ def markdown(records: list[dict], machine: str, recipes: dict[str, str]) -> None
     for name, precision, group in groups(rows):
         default, values = DEFAULTS[name], [r["value"] for r in group]
         minutes = [r["seconds"] / 60 for r in group]
+        span = "–".join(dict.fromkeys(f"{m:.1f}" for m in (min(minutes), max(minutes))))  # "4.4–4.8" or "16.8"
         command = " ".join(("cvtool train", *default.overrides))
         print(f"| `{command}` | {precision} ({group[0]['dtype']}) | {' / '.join(str(r['seed']) for r in group)} | "
               f"{group[0]['metric']} {' / '.join(f'{v:.3f}' for v in values)} | {min(values):.3f} | "
-              f"{statistics.mean(values):.3f} | {min(minutes):.1f}–{max(minutes):.1f} min"
+              f"{statistics.mean(values):.3f} | {span} min"
               f"{' †' if any(r.get('contended') for r in group) else ''} | {targets(default)} | "
               f"{'held' if held(default, group) else '**not held**'} |")
 
