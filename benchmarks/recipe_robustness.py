@@ -177,8 +177,8 @@ def main() -> None:
                 if (name, precision, seed) in done:
                     continue
                 if precision == "auto" and resolved["auto"] == "fp32":  # auto is fp32 here: the fp32 run is it
-                    twin = [r for r in records if r["machine"] == machine and r.get("recipe") == recipes[name]
-                            and (r["default"], r["precision"], r["seed"]) == (name, "fp32", seed)]
+                    twin = [r for r in current(records, machine, recipes)
+                            if (r["default"], r["precision"], r["seed"]) == (name, "fp32", seed)]
                     if twin:
                         append(args.results, records, {**twin[0], "precision": "auto"})
                         continue

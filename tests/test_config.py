@@ -176,3 +176,17 @@ def test_a_sweep_value_of_the_wrong_type_fails_its_job_naming_the_key(tmp_path):
         runner.run("train", [f"paths.runs={tmp_path}", "trainer.epochs=1,two"],
                    lambda cfg, run_dir: seen.append(cfg.trainer.epochs), multirun=True)
     assert seen == [1]
+
+
+def test_shapes_classification_augments_with_the_eight_symmetries_of_the_square():
+    """The default recipe's flips + quarter turn give exactly the dihedral group's 8 images, pixel for pixel."""
+    import torch
+
+    from cvtool.commands import components as C
+
+    augment = C.transforms(runner.compose("train", []), "train_transforms")
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).reshape(3, 8, 8)  # no symmetry of its own
+    torch.manual_seed(0)
+    seen = {augment(image).numpy().tobytes() for _ in range(400)}
+    group = {torch.rot90(im, k, (1, 2)).numpy().tobytes() for im in (image, image.flip(2)) for k in range(4)}
+    assert seen == group
