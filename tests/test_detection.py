@@ -203,6 +203,48 @@ def test_roi_sampling_pre_nms_and_positive_fraction_reach_the_r_cnn_heads():
             create_model("faster_rcnn", num_classes=3, box_positive_fraction=bad)
 
 
+def test_returned_layers_and_fpn_channels_shape_the_pyramid_and_its_heads():
+    from torch import nn
+
+    from cvtool.models import create_model
+
+    model = create_model("mask_rcnn", num_classes=3, min_size=96, max_size=96, norm="gn", returned_layers=[2, 3, 4],
+                         anchor_sizes=[16, 32, 64, 128], fpn_channels=128)
+    assert [b[0].in_channels for b in model.backbone.fpn.inner_blocks] == [512, 1024, 2048]
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.backbone.fpn.modules()) == 6  # 3 lateral + 3 output
+    features = model.backbone(torch.rand(1, 3, 96, 96))
+    assert {k: tuple(v.shape[1:]) for k, v in features.items()} == {
+        "0": (128, 12, 12), "1": (128, 6, 6), "2": (128, 3, 3), "pool": (128, 2, 2)}  # P3-P6, 128 wide
+    assert model.rpn.head.conv[0][0].in_channels == model.roi_heads.mask_head[0][0].in_channels == 128
+    assert model.roi_heads.box_head.fc6.in_features == 128 * 7 * 7
+    assert model.roi_heads.box_roi_pool.featmap_names == model.roi_heads.mask_roi_pool.featmap_names == ["0", "1", "2"]
+    target = {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 96, 96, dtype=torch.uint8)}
+    target["masks"][0, 12:50, 10:40] = 1
+    losses = model.train()([torch.rand(3, 96, 96)], [target])
+    assert all(torch.isfinite(v) for v in losses.values()) and len(losses) == 5
+    assert len(model.eval()([torch.rand(3, 96, 96)])[0]["boxes"]) > 0
+    default = create_model("faster_rcnn", num_classes=3, returned_layers=[1, 2, 3, 4])
+    assert [b[0].in_channels for b in default.backbone.fpn.inner_blocks] == [256, 512, 1024, 2048]
+    with pytest.raises(CvtoolError, match="needs 4 anchor sizes"):
+        create_model("faster_rcnn", num_classes=3, returned_layers=[2, 3, 4], anchor_sizes=[8, 16, 32, 64, 128])
+    for bad in ([], [3, 2], [0, 1], [2, 2, 3], "234"):
+        with pytest.raises(CvtoolError, match="returned_layers must be increasing"):
+            create_model("faster_rcnn", num_classes=3, returned_layers=bad)
+    for bad in (100, 0, 256.0, True):
+        with pytest.raises(CvtoolError, match="fpn_channels must be a multiple of 32"):
+            create_model("faster_rcnn", num_classes=3, fpn_channels=bad)
+    for pyramid in ({"returned_layers": [2, 3, 4]}, {"fpn_channels": 128}):
+        with pytest.raises(CvtoolError, match="COCO weights hold a 256-channel FPN"):
+            create_model("faster_rcnn", num_classes=3, weights="COCO_V1", **pyramid)
+        with pytest.raises(CvtoolError, match="ResNet-50-FPN R-CNNs"):
+            create_model("retinanet", num_classes=3, **pyramid)
+    with pytest.raises(CvtoolError, match="built for 256 channels"):
+        create_model("faster_rcnn_v2", num_classes=3, fpn_channels=128)
+    cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", "dataset=voc", "dataset.root=/v"])
+    assert (list(cfg.model.returned_layers), cfg.model.fpn_channels) == ([1, 2, 3, 4], 256)  # torchvision's
+
+
 def test_loss_weights_scale_the_trained_sum_and_name_the_models_losses(devkit, tmp_path):
     cfg = runner.compose("train", ["task=detection", "model=faster_rcnn", f"dataset.root={devkit}",
                                    "dataset.synth=null"])

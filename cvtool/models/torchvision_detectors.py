@@ -59,15 +59,15 @@ LABEL_OFFSET = {"rcnn": 1, "mask_rcnn": 1, "ssd": 1, "retinanet": 0, "fcos": 0} 
 NORMS = ("auto", "gn")
 
 
-def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float]) -> AnchorGenerator | None:
+def _anchors(spec: Detector, sizes: list[int] | None, ratios: list[float], levels: int) -> AnchorGenerator | None:
     """The anchor generator for `sizes`: one size per FPN level (RetinaNet adds 2 octave scales per level), or all
     sizes on each of the MobileNet FPN's 3 maps. None for anchor-free FCOS and SSD (default boxes)."""
     if sizes is None or spec.family in ("fcos", "ssd"):
         return None
     if spec.family == "retinanet":
         per_level = tuple((s, round(s * 2 ** (1 / 3)), round(s * 2 ** (2 / 3))) for s in sizes)
-    elif spec.anchor_levels != len(sizes):
-        per_level = (tuple(sizes),) * spec.anchor_levels
+    elif levels != len(sizes):
+        per_level = (tuple(sizes),) * levels
     else:
         per_level = tuple((s,) for s in sizes)
     return AnchorGenerator(per_level, (tuple(ratios),) * len(per_level))
@@ -106,6 +106,57 @@ def _resize_ssd(model: nn.Module, size: int, min_ratio: float, max_ratio: float)
     t = model.transform
     model.transform = GeneralizedRCNNTransform(size, size, t.image_mean, t.image_std, size_divisible=1,
                                                fixed_size=(size, size))
+
+
+def _check_pyramid(spec: Detector, name: str, layers, channels, coco_weights: bool) -> None:
+    """Refuse a pyramid (`returned_layers`, `fpn_channels`) other than the ResNet-50-FPN R-CNN's can have."""
+    if layers is None and channels is None:
+        return
+    key = "model.returned_layers" if layers is not None else "model.fpn_channels"
+    if spec.family not in ("rcnn", "mask_rcnn") or spec.backbone != "resnet50":
+        raise CvtoolError(f"{key.split('.')[1]} is for the ResNet-50-FPN R-CNNs, not {name}", where=key,
+                          fix="remove the key")
+    stages = isinstance(layers, list | tuple) and all(isinstance(k, int) and not isinstance(k, bool) for k in layers)
+    if layers is not None and not (stages and layers and list(layers) == sorted(set(layers))
+                                   and set(layers) <= {1, 2, 3, 4}):
+        raise CvtoolError(f"returned_layers must be increasing ResNet stages from 1-4, got {layers!r}",
+                          where="model.returned_layers", fix="use [1, 2, 3, 4] (torchvision's) or [2, 3, 4] (no P2)")
+    if channels is not None:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 32 or channels % 32:
+            raise CvtoolError(f"fpn_channels must be a multiple of 32 (GroupNorm's groups), got {channels!r}",
+                              where="model.fpn_channels", fix="use 256 (torchvision's) or 128")
+        if channels != 256 and spec.builder is detection.fasterrcnn_resnet50_fpn_v2:
+            raise CvtoolError(f"{name}'s convolutional box head is built for 256 channels", where="model.fpn_channels",
+                              fix="use model.fpn_channels=256, or model=faster_rcnn")
+    if coco_weights and ((layers is not None and list(layers) != [1, 2, 3, 4]) or channels not in (None, 256)):
+        raise CvtoolError("the COCO weights hold a 256-channel FPN over ResNet stages [1, 2, 3, 4]", where=key,
+                          fix="use returned_layers=[1,2,3,4] and fpn_channels=256 with model.weights, "
+                          "or model.weights_backbone")
+
+
+def _pyramid_heads(spec: Detector, channels: int, anchors_per_location: int) -> dict:
+    """RPN, box and mask heads over a `channels`-wide pyramid (torchvision's v1 heads, which it sizes for 256)."""
+    from torchvision.models.detection.faster_rcnn import RPNHead, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+
+    heads = {"rpn_head": RPNHead(channels, anchors_per_location), "box_head": TwoMLPHead(channels * 7 * 7, 1024)}
+    if spec.family == "mask_rcnn":
+        heads["mask_head"] = MaskRCNNHeads(channels, (256, 256, 256, 256), 1)
+    return heads
+
+
+def _set_pyramid(model: nn.Module, layers: list[int], channels: int) -> None:
+    """The FPN over ResNet stages `layers` (torchvision's `returned_layers`), `channels` wide. [2, 3, 4] drops P2,
+    whose stride-4 convolutions cost as much as the rest of the pyramid; 128 channels quarter the FPN's and the RPN
+    head's convolutions. The RoI pools read the levels left."""
+    names = [str(i) for i in range(len(layers))]
+    model.backbone.body.return_layers = {f"layer{k}": name for k, name in zip(layers, names, strict=True)}
+    model.backbone.fpn = FeaturePyramidNetwork([256 * 2 ** (k - 1) for k in layers],  # ResNet-50's stage widths
+                                               channels, extra_blocks=model.backbone.fpn.extra_blocks)
+    model.backbone.out_channels = channels
+    for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
+        if pool is not None:
+            pool.featmap_names = names  # (its scales are worked out on the first call)
 
 
 def _check_roi_sampling(spec: Detector, name: str, ratio: int | None, fraction) -> None:
@@ -149,16 +200,22 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                    *, weights_backbone: str | None = None, anchor_sizes: list[int] | None = None,
                    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), size: int | None = None,
                    min_ratio: float = 0.15, max_ratio: float = 0.9, bn_momentum: float | None = None,
-                   norm: str = "auto", roi_sampling_ratio: int | None = None, **kwargs) -> nn.Module:
+                   norm: str = "auto", roi_sampling_ratio: int | None = None,
+                   returned_layers: list[int] | None = None, fpn_channels: int | None = None,
+                   **kwargs) -> nn.Module:
     if in_channels != 3:
         raise CvtoolError(f"{name} takes RGB images, got {in_channels} channel(s)", where="dataset.channels",
                           fix="use an RGB dataset")
     _check_norm(spec, name, norm, weights is not None or weights_backbone is not None)
     _check_roi_sampling(spec, name, roi_sampling_ratio, kwargs.get("box_positive_fraction", 0.25))
+    _check_pyramid(spec, name, returned_layers, fpn_channels, weights is not None)
     offset = LABEL_OFFSET[spec.family]
     backbone_file = weights_backbone if weights_backbone and is_weights_file(weights_backbone) else None
-    anchors = _anchors(spec, anchor_sizes, list(aspect_ratios))
+    levels = len(returned_layers) + 1 if returned_layers else spec.anchor_levels  # (+1: the max-pooled P6)
+    anchors = _anchors(spec, anchor_sizes, list(aspect_ratios), levels)
     args = {"weights_backbone": None if backbone_file else pretrained(spec.backbone, weights_backbone), **kwargs}
+    if fpn_channels not in (None, 256):
+        args.update(_pyramid_heads(spec, fpn_channels, len(aspect_ratios)))
     try:
         if weights is not None:
             model = spec.builder(weights=pretrained(name_of(spec), weights), **args)
@@ -170,13 +227,17 @@ def build_detector(spec: Detector, name: str, num_classes: int, in_channels: int
                           fix="see conf/model/<name>.yaml for its options (torchvision's keyword names)") from err
     if anchors is not None:  # the builders make their own generator; ours has the same anchors per location
         owner = model if spec.family == "retinanet" else model.rpn
-        if anchors.num_anchors_per_location() != owner.anchor_generator.num_anchors_per_location():
-            raise CvtoolError(f"{name} needs {len(owner.anchor_generator.sizes)} anchor sizes x "
-                              f"{len(aspect_ratios)} aspect ratios", where="model.anchor_sizes",
-                              fix="give 5 sizes, e.g. [32, 64, 128, 256, 512], and 3 aspect ratios")
+        if anchors.num_anchors_per_location()[0] != owner.anchor_generator.num_anchors_per_location()[0]:
+            raise CvtoolError(f"{name} needs {levels} anchor sizes x {len(aspect_ratios)} aspect ratios",
+                              where="model.anchor_sizes",
+                              fix=f"give one size per FPN level ({levels}), e.g. [32, 64, 128, 256, 512][-{levels}:], "
+                              "and 3 aspect ratios")
         owner.anchor_generator = anchors
     if backbone_file:  # a classifier's state dict goes into the FPN body (or the whole backbone)
         load_weights_file(getattr(model.backbone, "body", model.backbone), backbone_file)
+    layers, channels = list(returned_layers or (1, 2, 3, 4)), fpn_channels or 256
+    if (layers, channels) != ([1, 2, 3, 4], 256):  # (torchvision's pyramid, COCO weights and all, is kept as built)
+        _set_pyramid(model, layers, channels)
     if spec.family == "ssd" and size is not None:
         _resize_ssd(model, size, min_ratio, max_ratio)
     if norm == "gn":
