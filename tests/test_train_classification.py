@@ -98,14 +98,6 @@ def test_resume_after_stop_ends_with_exactly_the_uninterrupted_weights(tiny, tmp
     assert read_json(run / "metrics.json")["epochs"] == 3
 
 
-def test_resume_auto_picks_the_latest_run_and_refuses_a_finished_one(tiny, tmp_path):
-    train.main([*tiny, "trainer.epochs=1"])
-    with pytest.raises(CvtoolError, match="already finished its 1 epochs"):
-        train.main([f"paths.runs={tmp_path / 'runs'}", "resume=auto"])
-    with pytest.raises(CvtoolError, match="found no earlier run"):
-        train.main([f"paths.runs={tmp_path / 'empty'}", "resume=auto"])
-
-
 def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tiny, tmp_path):
     args = [a for a in tiny if not a.startswith("trainer.epochs")] + ["trainer.epochs=50", "trainer.tensorboard=false"]
     proc = subprocess.Popen([sys.executable, "-m", "cvtool", "train", *args], stderr=subprocess.PIPE, text=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from cvtool.config import runner
 from cvtool.errors import CvtoolError
+
+from .run_identity import is_rank0, other_task_run, run_dir_for
+
+log = logging.getLogger("cvtool.train")
 
 # stored overrides that describe the model and its data (kept when a checkpoint is evaluated or predicted with)
 MODEL_KEYS = ("task", "model", "dataset")
@@ -27,29 +32,75 @@ def quoted(key: str, value: str | Path) -> str:
     return f"{key}='{value}'"
 
 
-def latest_checkpoint(task_dir: Path) -> Path:
-    found = sorted(task_dir.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise CvtoolError("resume=auto found no earlier run to resume", where=str(task_dir),
-                          fix="train first, or pass resume=PATH to a checkpoint")
-    return found[-1]
+def loadable_checkpoint(directory: Path) -> Path | None:
+    """checkpoints/last.pt of a run dir, or the previous one when last.pt is corrupt (said in one line); None
+    when the run has no checkpoint yet."""
+    from cvtool.engine.checkpoint import PREVIOUS, load_checkpoint
+
+    last, previous = directory / "checkpoints" / "last.pt", directory / "checkpoints" / PREVIOUS
+    if not last.is_file():
+        return previous if previous.is_file() else None
+    try:
+        load_checkpoint(last, lazy=True)
+        return last
+    except CvtoolError as err:
+        if not previous.is_file():
+            raise
+        try:
+            step = load_checkpoint(previous, lazy=True)["step"]
+        except CvtoolError:
+            raise err from None
+        if is_rank0():
+            log.warning("%s is unreadable (%s); resuming from %s (step %d)", last, err.what, previous.name, step)
+        return previous
 
 
-def resume_overrides(overrides: list[str]) -> list[str]:
-    """resume=PATH|DIR|auto -> the run's own overrides, then the user's, continuing in the same run dir."""
-    value = value_of(overrides, "resume")
-    if value is None:
+def run_overrides(overrides: list[str]) -> list[str]:
+    """name=/resume= -> the overrides of this run: resume=PATH|DIR continues that run; resume=auto continues the
+    run directory of this run (name=NAME, or the launcher's job) when it holds a checkpoint, else starts it."""
+    value, name = value_of(overrides, "resume"), value_of(overrides, "name")
+    if value is None and name is None:
         return overrides
-    from cvtool.engine.checkpoint import load_checkpoint, resolve_checkpoint_path
-
     user = without(overrides, "resume")
-    if value == "auto":
-        cfg = runner.compose("train", user)
-        path = latest_checkpoint(Path(cfg.paths.runs) / cfg.task.name / "train")
-    else:
-        path = resolve_checkpoint_path(value)
+    if value not in (None, "auto"):
+        return _continue(resolve_checkpoint(value), user)
+    cfg = runner.compose("train", user)
+    runs = Path(cfg.paths.runs)
+    if name is not None and (other := other_task_run(runs, cfg.task.name, name)):
+        raise CvtoolError(f"name={name} is a {other} run (runs/{other}/train/{name})", where="name",
+                          fix=f"use task={other} to continue it, or another name")
+    run_dir = run_dir_for(runs / cfg.task.name / "train", name, auto=value == "auto")
+    if run_dir is None:  # resume=auto outside a launcher, without a name: a new run
+        log.info("resume=auto: no name= and no launcher job id, so this is a new run")
+        return user
+    found = loadable_checkpoint(run_dir)
+    if found is not None and value is None:
+        raise CvtoolError(f"run {run_dir} already holds a checkpoint", where="name",
+                          fix="continue it with resume=auto, or choose another name=")
+    if found is None:
+        return [*user, quoted("hydra.run.dir", run_dir)]
+    return _continue(found, user, model=cfg.model.name if has_key(user, "model") else None)
+
+
+def resolve_checkpoint(value: str) -> Path:
+    from cvtool.engine.checkpoint import resolve_checkpoint_path
+
+    return resolve_checkpoint_path(value)
+
+
+def has_key(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def _continue(path: Path, user: list[str], model: str | None = None) -> list[str]:
+    """Continue the run of checkpoint `path`: its own overrides, then the user's, in its run dir."""
+    from cvtool.engine.checkpoint import load_checkpoint
+
     state = load_checkpoint(path, lazy=True)
-    stored = without(state.get("overrides", []), "resume", "command", "trainer.stop_after")
+    if model is not None and state.get("model_name") not in (None, model):
+        raise CvtoolError(f"{path} is a {state['model_name']} run, not model={model}", where="name",
+                          fix=f"drop model={model} to continue it, or choose another name=")
+    stored = without(state.get("overrides", []), "resume", "command", "trainer.stop_after", "name")
     run_dir = path.resolve().parent.parent
     return [*stored, *user, quoted("resume", path), quoted("hydra.run.dir", run_dir)]
 

@@ -91,7 +91,7 @@ def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torc
     workers = num_workers(cfg, dataset)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=getattr(dataset, "collate", None),
-        num_workers=workers, pin_memory=hardware.pin_memory,
+        num_workers=workers, pin_memory=hardware.pin_memory, generator=getattr(sampler, "generator", None),
         drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
         persistent_workers=False, prefetch_factor=4 if workers else None)
 

@@ -23,7 +23,7 @@ from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_write_text
 
 from . import components as C
-from .checkpoints import check_compatible, resume_overrides
+from .checkpoints import check_compatible, run_overrides
 
 log = logging.getLogger("cvtool.train")
 
@@ -32,7 +32,7 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
     if multirun and any(o.startswith("resume=") for o in overrides):
         raise CvtoolError("resume= cannot be combined with a sweep (-m)", where="resume",
                           fix="resume each job of the sweep separately")
-    return runner.run("train", resume_overrides(overrides), train, multirun=multirun)
+    return runner.run("train", overrides if multirun else run_overrides(overrides), train, multirun=multirun)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path | None):
@@ -52,7 +52,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     t = cfg.trainer
     trainer = Trainer(model, task, optimizer, scheduler, train_loader, hardware=hardware, epochs=t.epochs,
                       grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, stop_after=t.stop_after,
-                      logger=MetricsLogger(run_dir, t.tensorboard), checkpoint_meta=meta)
+                      logger=MetricsLogger(run_dir, t.tensorboard), checkpoint_meta=meta,
+                      preempt_signals=tuple(t.preempt_signals), requeue=t.requeue,
+                      allow_world_size_change=t.allow_world_size_change)
     evaluation = EvalHook(C.loader(val_set, cfg, hardware, train=False), task.build_evaluator(val_set),
                           metric=task.metric, every=t.val_every)
     trainer.register_hooks(lr=LRSchedulerHook())
@@ -66,11 +68,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
         trainer.register_hooks(guard=LearningGuardHook(
             evaluation, margin=t.guard.baseline_margin, fraction=t.guard.baseline_fraction,
             loss_rise=t.guard.loss_rise, warmup_steps=scheduler.lr_lambdas[0].warmup_steps))
-    trainer.register_hooks(checkpoint=CheckpointHook(run_dir / "checkpoints" if run_dir else None))
+    trainer.register_hooks(checkpoint=CheckpointHook(run_dir / "checkpoints" if run_dir else None,
+                                                     every=t.checkpoint_every, interval_s=t.checkpoint_interval_s))
     if cfg.resume:
         state = load_checkpoint(cfg.resume, map_location=hardware.device)
         check_compatible(state, task.name, train_set.classes)
         trainer.load_state_dict(state)
+        trainer.logger.resume_at(trainer.step)
         log.info("resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch, trainer.step)
     return trainer, evaluation, train_set.classes
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 class ResumableSampler(Sampler[int]):
     """torch's DistributedSampler (seeded per epoch; also used with one process) that can start an epoch
-    part-way through, so a run interrupted mid-epoch resumes on exactly the remaining samples."""
+    part-way through: `set_epoch(epoch, skip)` skips the first `skip` samples of the epoch's global order. With
+    DistributedSampler's interleaving, n samples per rank on W ranks are the first n*W of that order, so a run
+    resumed on another number of ranks continues with exactly the samples not seen yet."""
 
     def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, shuffle: bool, seed: int,
                  drop_last: bool = False, groups: list[int] | None = None, batch_size: int = 1):
@@ -17,17 +21,40 @@ class ResumableSampler(Sampler[int]):
                                         seed=seed, drop_last=drop_last)
         self.groups, self.batch_size = groups, batch_size
         self.skip = 0
+        self.generator = torch.Generator()  # the DataLoader's: its workers' base seed, drawn per epoch from here
+                                            # (not from the global RNG, which a resumed run restores mid-epoch)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """`skip`: samples of the epoch already consumed, over all ranks."""
         self.inner.set_epoch(epoch)
         self.skip = skip
+        self.generator.manual_seed((self.inner.seed + 1) * 1_000_003 + epoch * 1_009 + self.inner.rank)
+
+    def _rest(self) -> list[int]:
+        """This rank's share of the epoch's global order after the skipped samples."""
+        inner = self.inner
+        if not self.skip:
+            return list(inner)
+        if inner.shuffle:  # DistributedSampler's order and padding, then the skip
+            g = torch.Generator().manual_seed(inner.seed + inner.epoch)
+            order = torch.randperm(len(inner.dataset), generator=g).tolist()
+        else:
+            order = list(range(len(inner.dataset)))
+        padded = (order * math.ceil(inner.total_size / len(order)))[:inner.total_size]
+        rest = padded[min(self.skip, len(padded)):]
+        rest += order[:(-len(rest)) % inner.num_replicas]  # equal shares when `skip` was counted on other ranks
+        return rest[inner.rank::inner.num_replicas]
 
     def __iter__(self):
-        order = iter(self.inner) if self.groups is None else grouped(list(self.inner), self.groups, self.batch_size)
-        return itertools.islice(order, self.skip, None)
+        if self.groups is None:
+            return iter(self._rest())
+        order = grouped(list(self.inner), self.groups, self.batch_size)  # (by rank: skip in this rank's batches)
+        return itertools.islice(order, self.skip // self.inner.num_replicas, None)
 
     def __len__(self) -> int:
-        return max(0, len(self.inner) - self.skip)
+        if self.groups is None:
+            return math.ceil(max(0, self.inner.total_size - self.skip) / self.inner.num_replicas)
+        return max(0, len(self.inner) - self.skip // self.inner.num_replicas)
 
 
 def grouped(order: list[int], groups: list[int], batch_size: int) -> list[int]:

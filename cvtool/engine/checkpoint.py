@@ -11,6 +11,7 @@ from cvtool.utils.atomic import atomic_write
 
 REQUIRED_KEYS = ("model", "config", "task", "class_names")
 CHECKPOINT_FIX = "pass a checkpoint written by `cvtool train` (checkpoints/last.pt or best.pt)"
+PREVIOUS = "last.prev.pt"  # the last.pt before the newest (a resume falls back to it when last.pt is unreadable)
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
 
 

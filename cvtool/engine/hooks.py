@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from cvtool.metrics.base import scalar_metrics
 from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_copy
 
-from .checkpoint import save_checkpoint
+from .checkpoint import PREVIOUS, save_checkpoint
 from .inference import run_inference
 from .progress import TrainProgress
 
@@ -177,15 +178,30 @@ class EarlyStopHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Write checkpoints/last.pt every epoch (and on interrupt) and best.pt when validation improved."""
+    """Write checkpoints/last.pt every epoch, every `every` steps and/or `interval_s` seconds within one (rank 0's
+    clock), and on interrupt; best.pt when validation improved. The last.pt it replaces is kept as last.prev.pt,
+    which a resume falls back to when last.pt is unreadable."""
 
-    def __init__(self, directory: Path | None):
-        self.directory = directory
+    def __init__(self, directory: Path | None, every: int | None = None, interval_s: float | None = None):
+        self.directory, self.every, self.interval_s = directory, every, interval_s
+        self.saved_at = time.monotonic()
 
     def save(self, trainer: Trainer, name: str) -> Path | None:
         if self.directory is None or not dist.is_main():
             return None
-        return save_checkpoint(self.directory / name, trainer.checkpoint_state())
+        path = self.directory / name
+        if name == "last.pt" and path.is_file():
+            os.replace(path, self.directory / PREVIOUS)
+        self.saved_at = time.monotonic()
+        return save_checkpoint(path, trainer.checkpoint_state())
+
+    def after_step(self, trainer: Trainer, outputs: dict) -> None:
+        if trainer.batch_in_epoch == trainer.steps_per_epoch_batches:  # the epoch's end saves it anyway
+            return
+        due = bool(self.every) and trainer.step % self.every == 0
+        due |= bool(self.interval_s) and time.monotonic() - self.saved_at >= self.interval_s
+        if due:
+            self.save(trainer, "last.pt")
 
     def after_epoch(self, trainer: Trainer) -> None:
         last = self.save(trainer, "last.pt")

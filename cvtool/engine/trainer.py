@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import torch
@@ -32,7 +34,8 @@ FINITE_CHECK_EVERY = 50  # optimizer steps between checks that the loss stayed f
 class Trainer:
     def __init__(self, model: torch.nn.Module, task, optimizer: torch.optim.Optimizer, scheduler, train_loader,
                  *, hardware: Hardware, epochs: int, grad_accum: int, clip_grad_norm: float | None,
-                 stop_after: int | None, logger: MetricsLogger, checkpoint_meta: dict):
+                 stop_after: int | None, logger: MetricsLogger, checkpoint_meta: dict,
+                 preempt_signals: tuple[str, ...] = (), requeue: bool = False, allow_world_size_change: bool = False):
         self.module = model  # the unwrapped model (what gets saved)
         self.model = model   # what is called: DDP and/or torch.compile wrapped
         if hardware.distributed:
@@ -56,6 +59,11 @@ class Trainer:
         self.val_metrics_this_epoch: dict | None = None
         self.last_batch_size, self.lr = 0, 0.0
         self._signal: int | None = None
+        self.preempt_signals = tuple(parse_signal(name) for name in preempt_signals)
+        self.requeue, self.allow_world_size_change = requeue, allow_world_size_change
+        self._previous_handlers: dict = {}
+        self.resume_offset: int | None = None  # samples of the epoch consumed (over all ranks) before a resume
+        self.built_lrs = list(scheduler.base_lrs)  # the lr of this run's effective batch, before any resume
         self._loss_finite = torch.ones((), dtype=torch.bool, device=hardware.device)
         self._finite_since = 0
 
@@ -73,7 +81,12 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "hooks": {name: hook.state_dict() for name, hook in self.hooks.items()},
                 "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_offset": self.epoch_offset(), "world_size": dist.world_size(),
                 "rng": rng_state(), **self.checkpoint_meta}
+
+    def epoch_offset(self) -> int:
+        """Samples of this epoch consumed so far, over all ranks (the sampler's global position)."""
+        return self.batch_in_epoch * self.loader.batch_size * dist.world_size()
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"])
@@ -86,6 +99,30 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self._finite_since = self.step
         set_rng_state(state["rng"])
+        saved_world = state.get("world_size", 1)
+        if saved_world != dist.world_size():
+            self._change_world_size(saved_world, state.get("epoch_offset", 0), state.get("path"))
+
+    def _change_world_size(self, saved: int, offset: int, where: str | None) -> None:
+        """Resume a run of `saved` processes on this many: the epoch continues with its unseen samples, and the
+        schedule at the same fraction of training, with the lr of this run's effective batch."""
+        now = dist.world_size()
+        if not self.allow_world_size_change:
+            raise CvtoolError(f"the checkpoint was trained on {saved} process(es), this run has {now}", where=where,
+                              fix=f"resume on {saved} process(es), or allow it with "
+                                  "trainer.allow_world_size_change=true (the lr then follows "
+                                  "trainer.lr_reference_batch, see the README)")
+        self.resume_offset = offset
+        self.batch_in_epoch = offset // (self.loader.batch_size * now)
+        position = self.epoch * self.steps_per_epoch + math.ceil(self.batch_in_epoch / self.grad_accum)
+        self.scheduler.base_lrs = list(self.built_lrs)
+        self.scheduler.last_epoch = position
+        for group, base, lr in zip(self.optimizer.param_groups, self.built_lrs, self.scheduler.get_lr(), strict=True):
+            group["initial_lr"], group["lr"] = base, lr
+        if dist.is_main():
+            log.warning("resuming a %d-process run on %d: epoch %d continues after its first %d samples, the "
+                        "schedule at step %d of %d with lr %.3g", saved, now, self.epoch + 1, offset, position,
+                        self.epochs * self.steps_per_epoch, self.built_lrs[0])
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -111,7 +148,9 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         sampler = self.loader.sampler
-        sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.loader.batch_size)
+        offset = self.epoch_offset() if self.resume_offset is None else self.resume_offset
+        sampler.set_epoch(self.epoch, skip=offset)
+        self.resume_offset = None
         self._call("before_epoch")
         self.model.train()
         for batch in self.loader:
@@ -173,8 +212,9 @@ class Trainer:
     def _install_signal_handlers(self) -> dict:
         previous = {}
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in dict.fromkeys((signal.SIGINT, signal.SIGTERM, *self.preempt_signals)):
                 previous[signum] = signal.signal(signum, self._on_signal)
+        self._previous_handlers = previous
         return previous
 
     def _restore_signal_handlers(self, previous: dict) -> None:
@@ -198,8 +238,24 @@ class Trainer:
         self._check_finite()  # never save weights a NaN loss has ruined
         self._call("on_interrupt")
         signum = self._signal or signal.SIGTERM
-        raise ExitRequest(self._resume_message(f"interrupted by {signal.Signals(signum).name} at epoch "
+        requeued = ""
+        if signum in self.preempt_signals and dist.is_main():
+            requeued = self._hand_on_preemption(signum)
+        raise ExitRequest(requeued + self._resume_message(f"interrupted by {signal.Signals(signum).name} at epoch "
                                                f"{self.epoch + 1}, step {self.step}"), 128 + signum)
+
+    def _hand_on_preemption(self, signum: int) -> str:
+        """After saving: submitit's own handler when it installed one (it requeues), else `scontrol requeue` of
+        this SLURM job (when `requeue` and SLURM_JOB_ID is set). Returns what was done, for the exit message."""
+        previous = self._previous_handlers.get(signum)
+        if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
+            previous(signum, None)
+            return "submitit requeued the job; "
+        job = slurm_job_id()
+        if not self.requeue or job is None:
+            return ""
+        requeue_slurm_job(job)
+        return f"SLURM job {job} requeued; "
 
     def _last_checkpoint(self) -> Path | None:
         """Where the checkpoint hook writes last.pt (None without one)."""
@@ -209,3 +265,36 @@ class Trainer:
     def _resume_message(self, what: str) -> str:
         where = self._last_checkpoint() or "checkpoints/last.pt"
         return f"{what}; saved {where}\nresume with: cvtool train resume={where}"
+
+
+def parse_signal(name: str | int) -> int:
+    """A signal by name (SIGUSR1, USR1) or number."""
+    if isinstance(name, int):
+        return signal.Signals(name)
+    key = name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"
+    if key not in signal.Signals.__members__:
+        raise CvtoolError(f"unknown signal {name!r}", where="trainer.preempt_signals",
+                          fix="use signal names such as SIGUSR1, SIGUSR2, SIGTERM")
+    return signal.Signals[key]
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id for scontrol (array jobs: <array job id>_<task id>); None outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def requeue_slurm_job(job: str) -> None:
+    """`scontrol requeue <job>`; a missing or failing scontrol is one clear error (the checkpoint is saved)."""
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CvtoolError(f"saved the checkpoint, but could not requeue SLURM job {job}: {err}", where="scontrol",
+                          fix="resubmit the same command (resume=auto continues the run)") from err
+    if done.returncode != 0:
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise CvtoolError(f"saved the checkpoint, but `scontrol requeue {job}` failed: {reason[0]}",
+                          where="scontrol", fix="resubmit the same command (resume=auto continues the run)")
+    log.warning("requeued SLURM job %s", job)
