@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/cvtool: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,slurm]'
 	@touch $@
 
 install: $(BIN)/cvtool

@@ -127,7 +127,9 @@ def digits_run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
 
 def test_a_run_made_to_diverge_says_so_in_its_log_and_metrics(tmp_path):
     metrics, run = digits_run(tmp_path, "optim=sgd", "optim.lr=1e3")
-    assert [w["kind"] for w in metrics["warnings"]] == ["loss_diverged", "no_learning"]
+    kinds = [w["kind"] for w in metrics["warnings"]]
+    assert kinds[0] == "loss_diverged" and set(kinds) <= {"loss_diverged", "no_learning"}  # (the validations of
+    # such a model are noise around the majority class: whether two of two land at it is chance)
     log = (run / "train.log").read_text()
     for warning in metrics["warnings"]:
         assert "optim.lr" in warning["message"] and "cvtool data check" in warning["message"]

@@ -29,9 +29,9 @@ log = logging.getLogger("cvtool.train")
 
 
 def main(overrides: list[str], multirun: bool = False) -> list[dict]:
-    if multirun and any(o.startswith("resume=") for o in overrides):
-        raise CvtoolError("resume= cannot be combined with a sweep (-m)", where="resume",
-                          fix="resume each job of the sweep separately")
+    if multirun and any(o.startswith("resume=") and o != "resume=auto" for o in overrides):
+        raise CvtoolError("a sweep (-m) takes resume=auto only (each job continues its own directory)",
+                          where="resume", fix="use resume=auto, or resume each job separately")
     return runner.run("train", overrides if multirun else run_overrides(overrides), train, multirun=multirun)
 
 

@@ -39,6 +39,12 @@ def unknown_key_error(key: str, known: list[str]) -> CvtoolError:
     return CvtoolError(f"unknown config key '{key}'", where="override", fix=fix)
 
 
+def _has_submitit_plugin() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+
+
 def translate(exc: BaseException, known_keys) -> CvtoolError | None:
     """Map a Hydra composition error to a CvtoolError; None if it is not a user error we recognise."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -50,6 +56,10 @@ def translate(exc: BaseException, known_keys) -> CvtoolError | None:
         if found:
             group, name = found.groups()
             group = group.lstrip("/")
+            if group == "hydra/launcher" and name.startswith("submitit") and not _has_submitit_plugin():
+                return CvtoolError(f"hydra/launcher={name} needs Hydra's submitit launcher plugin, which is not "
+                                   "installed", where=f"hydra/launcher={name}",
+                                   fix="pip install 'cvtool[slurm]' (hydra-submitit-launcher and submitit)")
             choices = group_choices(group)
             hint = suggest(name, choices)
             return CvtoolError(f"unknown {group} '{name}'", where=f"{group}={name}",

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cvtool.errors import CvtoolError
+from cvtool.utils import distributed as dist
 
 from .errors import dotted_keys, missing_value, translate
 from .locate import conf_dir
@@ -131,18 +132,23 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
     if int(os.environ.get("RANK", "0")) > 0:
         return [job(compose(command, overrides), None)]
     overrides = _with_command(command, overrides)
-    results: list[Any] = []
-
     def task_function(cfg: DictConfig) -> Any:
         from hydra.core.hydra_config import HydraConfig
 
         try:
             _check_types(hydra, cfg, list(HydraConfig.get().overrides.task))
-            result = job(cfg, Path(HydraConfig.get().runtime.output_dir))
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            if multirun and cfg.get("resume") == "auto":  # each job of a sweep continues its own dir, if it can
+                from cvtool.commands.checkpoints import loadable_checkpoint
+
+                found = loadable_checkpoint(run_dir)
+                cfg.resume = str(found) if found else None
+            if multirun and dist.export_submitit_env():  # a job of several tasks: one DDP process per task
+                cfg.hardware.distributed = True
+                run_dir = run_dir if int(os.environ["RANK"]) == 0 else None  # global rank 0 alone writes
+            return job(cfg, run_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
             return _Failure(missing_value(exc) or exc)
-        results.append(result)
-        return result
 
     hydra = _create_hydra()
     try:
@@ -162,7 +168,7 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
             raise value.error
         if isinstance(value, BaseException):  # a failure raised outside our wrapper (e.g. in a callback)
             raise value
-    return results
+    return [ret._return_value for ret in returns]  # (also from jobs that ran in other processes or machines)
 
 
 def current_overrides() -> list[str]:

@@ -14,6 +14,7 @@ import torch
 from cvtool.metrics.base import scalar_metrics
 from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_copy
+from cvtool.utils.seeding import rng_state
 
 from .checkpoint import PREVIOUS, save_checkpoint
 from .inference import run_inference
@@ -187,19 +188,22 @@ class CheckpointHook(Hook):
         self.saved_at = time.monotonic()
 
     def save(self, trainer: Trainer, name: str) -> Path | None:
+        """Called on every rank (each one's RNG state goes into the checkpoint); rank 0 writes."""
+        rngs = dist.all_gather_objects(rng_state())
         if self.directory is None or not dist.is_main():
             return None
         path = self.directory / name
         if name == "last.pt" and path.is_file():
             os.replace(path, self.directory / PREVIOUS)
         self.saved_at = time.monotonic()
-        return save_checkpoint(path, trainer.checkpoint_state())
+        return save_checkpoint(path, {**trainer.checkpoint_state(), "rng_ranks": rngs})
 
     def after_step(self, trainer: Trainer, outputs: dict) -> None:
         if trainer.batch_in_epoch == trainer.steps_per_epoch_batches:  # the epoch's end saves it anyway
             return
         due = bool(self.every) and trainer.step % self.every == 0
-        due |= bool(self.interval_s) and time.monotonic() - self.saved_at >= self.interval_s
+        if self.interval_s:  # rank 0's clock decides for all ranks
+            due |= bool(dist.broadcast_object(time.monotonic() - self.saved_at >= self.interval_s))
         if due:
             self.save(trainer, "last.pt")
 

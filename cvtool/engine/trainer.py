@@ -98,8 +98,9 @@ class Trainer:
                 self.hooks[name].load_state_dict(hook_state)
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self._finite_since = self.step
-        set_rng_state(state["rng"])
         saved_world = state.get("world_size", 1)
+        same_ranks = saved_world == dist.world_size() and len(state.get("rng_ranks", [])) == saved_world
+        set_rng_state(state["rng_ranks"][dist.rank()] if same_ranks else state["rng"])
         if saved_world != dist.world_size():
             self._change_world_size(saved_world, state.get("epoch_offset", 0), state.get("path"))
 
@@ -117,8 +118,9 @@ class Trainer:
         position = self.epoch * self.steps_per_epoch + math.ceil(self.batch_in_epoch / self.grad_accum)
         self.scheduler.base_lrs = list(self.built_lrs)
         self.scheduler.last_epoch = position
-        for group, base, lr in zip(self.optimizer.param_groups, self.built_lrs, self.scheduler.get_lr(), strict=True):
-            group["initial_lr"], group["lr"] = base, lr
+        for group, base, factor in zip(self.optimizer.param_groups, self.built_lrs, self.scheduler.lr_lambdas,
+                                       strict=True):
+            group["initial_lr"], group["lr"] = base, base * factor(position)
         if dist.is_main():
             log.warning("resuming a %d-process run on %d: epoch %d continues after its first %d samples, the "
                         "schedule at step %d of %d with lr %.3g", saved, now, self.epoch + 1, offset, position,
@@ -237,7 +239,8 @@ class Trainer:
             return
         self._check_finite()  # never save weights a NaN loss has ruined
         self._call("on_interrupt")
-        signum = self._signal or signal.SIGTERM
+        received = [s for s in dist.all_gather_objects(self._signal) if s is not None]  # the one some rank got
+        signum = signal.Signals(received[0]) if received else signal.SIGTERM
         requeued = ""
         if signum in self.preempt_signals and dist.is_main():
             requeued = self._hand_on_preemption(signum)

@@ -15,6 +15,28 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def in_submitit_job() -> bool:
+    return "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ
+
+
+def export_submitit_env() -> bool:
+    """Inside a submitit job of several tasks: the env:// variables torch.distributed reads (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT), from submitit's job environment. True when it is such a job."""
+    if not in_submitit_job():
+        return False
+    import hashlib
+
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks < 2:
+        return False
+    port = 20000 + int(hashlib.sha1(str(job.job_id).encode()).hexdigest(), 16) % 20000  # the same on every task
+    os.environ.update(RANK=str(job.global_rank), LOCAL_RANK=str(job.local_rank), WORLD_SIZE=str(job.num_tasks),
+                      MASTER_ADDR=job.hostnames[0], MASTER_PORT=str(port))
+    return True
+
+
 def _group():
     """torch.distributed when a process group is up, else None (never imports torch)."""
     if "torch" not in sys.modules:
@@ -47,11 +69,23 @@ def is_main() -> bool:
 
 
 def init(backend: str) -> None:
-    """Join the process group described by torchrun's environment variables."""
-    if not is_initialized():
-        import torch.distributed as dist
+    """Join the process group described by torchrun's environment variables.
 
+    After torchrun restarted a failed group, the ranks meet in the elastic agent's store again, which still holds
+    the previous attempt's keys (gloo would connect to the dead ranks' addresses: "Connection refused"); their
+    keys are put under a prefix per restart (`TORCHELASTIC_RESTART_COUNT`)."""
+    if is_initialized():
+        return
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         dist.init_process_group(backend=backend, init_method="env://")
+        return
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=False)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cvtool/attempt_{attempt}", agent),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def shutdown() -> None:
