@@ -148,6 +148,8 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
                 run_dir = run_dir if int(os.environ["RANK"]) == 0 else None  # global rank 0 alone writes
             return job(cfg, run_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
+            if isinstance(exc, SystemExit) and dist.in_submitit_job():
+                raise  # submitit's pre-emption handler requeues the job by exiting with its own code
             return _Failure(missing_value(exc) or exc)
 
     hydra = _create_hydra()
