@@ -4,6 +4,7 @@ one job per sweep point, a job of several tasks is one DDP process group, result
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from unittest import mock
 
@@ -50,3 +51,43 @@ def test_a_missing_submitit_plugin_names_the_extra_to_install(tiny):
     with mock.patch.object(config_errors, "_has_submitit_plugin", return_value=False):
         with pytest.raises(CvtoolError, match=r"pip install 'cvtool\[slurm\]'"):
             train.main([*tiny, "hydra/launcher=submitit_nothere", "trainer.epochs=1"], multirun=True)
+
+
+SELF_PREEMPT = '''
+import os, signal
+if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0") == "0":
+    from cvtool.engine import hooks
+    after_step, marker = hooks.CheckpointHook.after_step, os.environ["PREEMPT_MARKER"]
+
+    def preempted_once(self, trainer, outputs):  # the cluster's pre-emption signal, once, at step 8
+        after_step(self, trainer, outputs)
+        if trainer.step == 8 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    hooks.CheckpointHook.after_step = preempted_once
+'''
+
+
+def test_a_preempted_job_is_requeued_by_submitit_and_ends_with_the_uninterrupted_weights(local_sweep, tmp_path,
+                                                                                           monkeypatch):
+    import torch
+
+    args = [*local_sweep, "trainer.epochs=3", "deterministic=true", "data.workers=0", "optim.lr=0.01"]
+    train.main([*args, f"paths.runs={tmp_path / 'whole'}"], multirun=True)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SELF_PREEMPT)  # imported by the job's processes at start
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PREEMPT_MARKER", str(tmp_path / "preempted"))
+    result, = train.main([*args, "resume=auto"], multirun=True)
+    assert (tmp_path / "preempted").exists() and result["epochs"] == 3 and result["steps"] == 18
+
+    def last(root):
+        sweep, = (root / "classification" / "multirun").iterdir()
+        return torch.load(sweep / "0" / "checkpoints" / "last.pt", weights_only=True), sweep
+
+    (resumed, sweep), (whole, _) = last(tmp_path / "runs"), last(tmp_path / "whole")
+    assert all(torch.equal(resumed["model"][k], whole["model"][k]) for k in whole["model"])
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in logs and "SIGUSR2 received" in logs
