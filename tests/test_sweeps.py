@@ -34,7 +34,41 @@ def test_a_two_point_sweep_runs_two_jobs_and_returns_their_results(local_sweep, 
         False, True]  # one job per learning rate
 
 
-def test_a_job_of_two_tasks_is_one_two_process_ddp_run(local_sweep, tmp_path):
+DUMP_WEIGHTS = '''
+import os
+if os.environ.get("SUBMITIT_LOCAL_GLOBALID"):
+    import torch
+    from cvtool.commands import train
+    build = train.build_trainer
+
+    def spy(cfg, run_dir):  # each task saves its model's weights when training ends
+        trainer, evaluation, classes = build(cfg, run_dir)
+        fit = trainer.fit
+
+        def fit_and_dump():
+            fit()
+            torch.save(trainer.module.state_dict(), os.path.join(os.environ["WEIGHTS_DIR"],
+                                                                 f"rank{os.environ['RANK']}.pt"))
+        trainer.fit = fit_and_dump
+        return trainer, evaluation, classes
+
+    train.build_trainer = spy
+'''
+
+
+def with_sitecustomize(tmp_path, monkeypatch, code: str) -> None:
+    """`code` runs at the start of every process the jobs start."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def test_a_job_of_two_tasks_is_one_two_process_ddp_run(local_sweep, tmp_path, monkeypatch):
+    import torch
+
+    with_sitecustomize(tmp_path, monkeypatch, DUMP_WEIGHTS)
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path))
     result, = train.main([*local_sweep, "hydra.launcher.tasks_per_node=2", "optim.lr=0.01"], multirun=True)
     assert result["world_size"] == 2
     sweep, = (tmp_path / "runs" / "classification" / "multirun").iterdir()
@@ -45,6 +79,10 @@ def test_a_job_of_two_tasks_is_one_two_process_ddp_run(local_sweep, tmp_path):
     for r in returns:
         del r["train_time_s"]
     assert len(returns) == 2 and returns[0] == returns[1]  # rank 1 trained the same model in lock-step
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = torch.load(sweep / "0" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
 
 
 def test_a_missing_submitit_plugin_names_the_extra_to_install(tiny):
@@ -75,10 +113,7 @@ def test_a_preempted_job_is_requeued_by_submitit_and_ends_with_the_uninterrupted
 
     args = [*local_sweep, "trainer.epochs=3", "deterministic=true", "data.workers=0", "optim.lr=0.01"]
     train.main([*args, f"paths.runs={tmp_path / 'whole'}"], multirun=True)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SELF_PREEMPT)  # imported by the job's processes at start
-    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    with_sitecustomize(tmp_path, monkeypatch, SELF_PREEMPT)
     monkeypatch.setenv("PREEMPT_MARKER", str(tmp_path / "preempted"))
     result, = train.main([*args, "resume=auto"], multirun=True)
     assert (tmp_path / "preempted").exists() and result["epochs"] == 3 and result["steps"] == 18
