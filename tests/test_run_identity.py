@@ -163,7 +163,8 @@ def wait_for_records(path_glob: Path, pattern: str, count: int, timeout: float =
     raise AssertionError("training did not start")
 
 
-@pytest.mark.parametrize("scontrol_exit", [0, 1])
+@pytest.mark.parametrize("scontrol_exit", [pytest.param(0, marks=pytest.mark.slow), 1])  # (exact resume: covered
+# by the crash and torchrun tests; the requeue call by both variants)
 def test_sigusr1_saves_requeues_the_slurm_job_once_and_the_same_command_finishes(tiny, tmp_path, scontrol_exit):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -81,6 +81,7 @@ def test_a_job_of_two_tasks_is_one_two_process_ddp_run(local_sweep, tmp_path, mo
     assert len(returns) == 2 and returns[0] == returns[1]  # rank 1 trained the same model in lock-step
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert (sweep / "0" / "train.log").read_text().count("train: ImageFolder") == 1  # rank 0's log only
     saved = torch.load(sweep / "0" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
 

@@ -145,7 +145,9 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
                 cfg.resume = str(found) if found else None
             if multirun and dist.export_submitit_env():  # a job of several tasks: one DDP process per task
                 cfg.hardware.distributed = True
-                run_dir = run_dir if int(os.environ["RANK"]) == 0 else None  # global rank 0 alone writes
+                if int(os.environ["RANK"]) > 0:  # global rank 0 alone writes (run dir, log file)
+                    run_dir = None
+                    _close_file_logging()
             return job(cfg, run_dir)
         except BaseException as exc:  # noqa: BLE001 - re-raised after Hydra returns
             if isinstance(exc, SystemExit) and dist.in_submitit_job():
@@ -171,6 +173,16 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
         if isinstance(value, BaseException):  # a failure raised outside our wrapper (e.g. in a callback)
             raise value
     return [ret._return_value for ret in returns]  # (also from jobs that ran in other processes or machines)
+
+
+def _close_file_logging() -> None:
+    """Detach the run dir's log file Hydra opened for this process (a DDP rank > 0 in a submitit job)."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def current_overrides() -> list[str]:
