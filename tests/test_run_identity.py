@@ -200,3 +200,12 @@ def test_sigusr1_saves_requeues_the_slurm_job_once_and_the_same_command_finishes
     subprocess.run([sys.executable, "-m", "cvtool", "train", *whole], check=True, capture_output=True, env=env)
     reference = next((tmp_path / "whole" / "classification" / "train").iterdir())
     assert same_weights(weights(reference / "checkpoints" / "last.pt"), weights(run / "checkpoints" / "last.pt"))
+
+
+def test_a_missing_scontrol_is_one_clear_error(monkeypatch, tmp_path):
+    from cvtool.engine.trainer import requeue_slurm_job
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol anywhere
+    with pytest.raises(CvtoolError, match="could not requeue SLURM job 12_3") as err:
+        requeue_slurm_job("12_3")
+    assert "resubmit the same command" in str(err.value)
