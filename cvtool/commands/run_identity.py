@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cvtool.errors import CvtoolError
 from cvtool.utils.atomic import atomic_write_text
+from cvtool.utils.distributed import slurm_job_id
 
 log = logging.getLogger("cvtool.train")
 
@@ -24,10 +25,8 @@ LAUNCHES = ".launches"
 def launcher_id(env: dict | None = None) -> str | None:
     """The launcher's identity of this job, stable across its restarts (None outside a launcher)."""
     env = os.environ if env is None else env
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if env.get("SLURM_JOB_ID"):
-        return f"slurm-{env['SLURM_JOB_ID']}"
+    if slurm := slurm_job_id(env):
+        return f"slurm-{slurm}"
     if env.get("SUBMITIT_LOCAL_JOB_ID"):
         return f"submitit-{env['SUBMITIT_LOCAL_JOB_ID']}"
     if env.get("TORCHELASTIC_RUN_ID"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -112,7 +111,7 @@ class Trainer:
             raise CvtoolError(f"the checkpoint was trained on {saved} process(es), this run has {now}", where=where,
                               fix=f"resume on {saved} process(es), or allow it with "
                                   "trainer.allow_world_size_change=true (the lr then follows "
-                                  "trainer.lr_reference_batch, see the README)")
+                                  "trainer.lr_reference_batch, see docs/cluster.md)")
         self.resume_offset = offset
         self.batch_in_epoch = offset // (self.loader.batch_size * now)
         position = self.epoch * self.steps_per_epoch + math.ceil(self.batch_in_epoch / self.grad_accum)
@@ -254,7 +253,7 @@ class Trainer:
         if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
             previous(signum, None)
             return "submitit requeued the job; "
-        job = slurm_job_id()
+        job = dist.slurm_job_id()
         if not self.requeue or job is None:
             return ""
         requeue_slurm_job(job)
@@ -279,14 +278,6 @@ def parse_signal(name: str | int) -> int:
         raise CvtoolError(f"unknown signal {name!r}", where="trainer.preempt_signals",
                           fix="use signal names such as SIGUSR1, SIGUSR2, SIGTERM")
     return signal.Signals[key]
-
-
-def slurm_job_id() -> str | None:
-    """This SLURM job's id for scontrol (array jobs: <array job id>_<task id>); None outside SLURM."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or None
 
 
 def requeue_slurm_job(job: str) -> None:
