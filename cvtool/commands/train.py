@@ -23,7 +23,7 @@ from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_write_text
 
 from . import components as C
-from .checkpoints import check_compatible, run_overrides
+from .checkpoints import check_compatible, loadable_checkpoint, run_overrides
 
 log = logging.getLogger("cvtool.train")
 
@@ -79,8 +79,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     return trainer, evaluation, train_set.classes
 
 
+def resume_in_place(cfg: DictConfig) -> None:
+    """resume=auto in a job of a sweep: the checkpoint of the job's own directory, if it has one, else a new run."""
+    if cfg.resume != "auto":
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    found = loadable_checkpoint(Path(HydraConfig.get().runtime.output_dir)) if HydraConfig.initialized() else None
+    cfg.resume = str(found) if found else None
+
+
 def train(cfg: DictConfig, run_dir: Path | None) -> dict:
     """Train as configured; rank 0 writes the run dir. Returns the final metrics."""
+    resume_in_place(cfg)
     run_dir = C.run_dir_path(run_dir)
     trainer, evaluation, classes = build_trainer(cfg, run_dir)
     if trainer.epoch >= trainer.epochs:

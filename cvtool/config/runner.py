@@ -138,11 +138,6 @@ def run(command: str, overrides: list[str], job: Job, *, multirun: bool = False)
         try:
             _check_types(hydra, cfg, list(HydraConfig.get().overrides.task))
             run_dir = Path(HydraConfig.get().runtime.output_dir)
-            if multirun and cfg.get("resume") == "auto":  # each job of a sweep continues its own dir, if it can
-                from cvtool.commands.checkpoints import loadable_checkpoint
-
-                found = loadable_checkpoint(run_dir)
-                cfg.resume = str(found) if found else None
             if multirun and dist.export_submitit_env():  # a job of several tasks: one DDP process per task
                 cfg.hardware.distributed = True
                 if int(os.environ["RANK"]) > 0:  # global rank 0 alone writes (run dir, log file)
