@@ -25,8 +25,8 @@ import torch
 from cvtool.commands import components as C
 from cvtool.commands.export import verify
 from cvtool.config import runner
-from cvtool.export.formats import load_runner, write
-from cvtool.export.graphs import export_graph
+from cvtool.exporting.formats import load_runner, write
+from cvtool.exporting.graphs import export_graph
 
 # model -> (task, overrides, input H = W)
 MODELS = {

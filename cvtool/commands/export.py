@@ -21,10 +21,10 @@ from cvtool import __version__
 from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
-from cvtool.export.formats import SUFFIX, load_runner, onnx_opset, write
-from cvtool.export.graphs import Graph, export_graph, nms_settings
-from cvtool.export.runtime import sidecar_path
-from cvtool.export.verify import Check, as_detections, dense_check, detection_check, shape_name
+from cvtool.exporting.formats import SUFFIX, load_runner, onnx_opset, write
+from cvtool.exporting.graphs import Graph, export_graph, nms_settings
+from cvtool.exporting.runtime import sidecar_path
+from cvtool.exporting.verify import Check, as_detections, dense_check, detection_check, shape_name
 from cvtool.models.yolo import select_detections
 from cvtool.utils.atomic import atomic_write_text
 

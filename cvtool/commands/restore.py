@@ -50,7 +50,7 @@ def restore_or_load(cfg: DictConfig, hardware: Hardware):
     if cfg.ckpt:
         raise CvtoolError("both ckpt= and model_file= given", where="ckpt/model_file",
                           fix="run either the checkpoint or the exported model")
-    from cvtool.export.runtime import load_exported
+    from cvtool.exporting.runtime import load_exported
 
     model, sidecar = load_exported(cfg.model_file, hardware.device)
     if sidecar["task"] != cfg.task.name:

@@ -1,0 +1,1 @@
+"""Export formats (one function per format), the exported files' runtime and their numerical verification."""
