@@ -53,6 +53,15 @@ def test_eval_of_best_checkpoint_reproduces_the_validation_metric(tiny, tmp_path
     assert metrics["num_samples"] == 60 and len(metrics["per_class_acc"]) == 5
 
 
+def test_eval_of_an_experiment_checkpoint_needs_no_repeated_overrides(tmp_path):
+    runs = tmp_path / "runs"
+    train.main(["experiment=lenet5_digits", "trainer.epochs=1", "data.limit=200", f"paths.runs={runs}",
+                          "hardware=cpu", "logger=[]", "plots=false"])
+    metrics, = evaluate.main([f"ckpt={run_dir_of(runs) / 'checkpoints' / 'best.pt'}", f"paths.runs={runs}",
+                              "hardware=cpu", "plots=false"])  # the experiment chose model and dataset (digits)
+    assert len(metrics["per_class_acc"]) == 10 and metrics["num_samples"] == 359  # 20 % of the 1,797 digits
+
+
 def test_predict_writes_what_eval_reads_back_to_the_same_metrics(tiny, tmp_path, datasets_root):
     train.main(tiny)
     ckpt = run_dir_of(tmp_path / "runs") / "checkpoints" / "best.pt"
@@ -99,7 +108,7 @@ def test_resume_after_stop_ends_with_exactly_the_uninterrupted_weights(tiny, tmp
 
 
 def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tiny, tmp_path):
-    args = [a for a in tiny if not a.startswith("trainer.epochs")] + ["trainer.epochs=50", "trainer.tensorboard=false"]
+    args = [a for a in tiny if not a.startswith("trainer.epochs")] + ["trainer.epochs=50", "logger=[]"]
     proc = subprocess.Popen([sys.executable, "-m", "cvtool", "train", *args], stderr=subprocess.PIPE, text=True)
     jsonl = None
     deadline = time.time() + 120

@@ -12,8 +12,9 @@ from .run_identity import is_rank0, other_task_run, run_dir_for
 
 log = logging.getLogger("cvtool.train")
 
-# stored overrides that describe the model and its data (kept when a checkpoint is evaluated or predicted with)
-MODEL_KEYS = ("task", "model", "dataset")
+# stored overrides that describe the model and its data (kept when a checkpoint is evaluated or predicted with);
+# an experiment may choose the model and dataset itself (experiment=lenet5_digits)
+MODEL_KEYS = ("task", "model", "dataset", "experiment")
 
 
 def value_of(overrides: list[str], key: str) -> str | None:
@@ -117,7 +118,7 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
 
         state = load_checkpoint(value, lazy=True)
     elif exported is not None:  # an exported model's sidecar JSON carries the same overrides
-        from cvtool.export.runtime import read_sidecar
+        from cvtool.exporting.runtime import read_sidecar
 
         state = read_sidecar(exported)
     else:
