@@ -78,7 +78,7 @@ def trainer_loop(loader, run_dir: Path) -> float:
     task = ClassificationTask({"label_smoothing": 0.0, "topk": 5}, {"mean": MEAN, "std": STD})
     trainer = Trainer(model, task, optimizer, build_scheduler(optimizer, SCHED, len(loader), 1), loader,
                       hardware=cpu_hardware(), epochs=1, grad_accum=1, clip_grad_norm=None, stop_after=None,
-                      logger=MetricsLogger(run_dir, tensorboard=False), checkpoint_meta={})
+                      logger=MetricsLogger(run_dir), checkpoint_meta={})
     trainer.register_hooks(logger=LoggerHook(log_every=20), lr=LRSchedulerHook())
     start = time.perf_counter()
     trainer.fit()

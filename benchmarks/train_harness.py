@@ -41,7 +41,7 @@ def cvtool_loop(cfg, hardware, task, dataset) -> float:
     loader = C.loader(dataset, cfg, hardware, train=True)
     scheduler = build_scheduler(optimizer, C.plain(cfg.sched), len(loader), 1)
     trainer = Trainer(model, task, optimizer, scheduler, loader, hardware=hardware, epochs=1, grad_accum=1,
-                      clip_grad_norm=cfg.trainer.clip_grad_norm, stop_after=None, logger=MetricsLogger(None, False),
+                      clip_grad_norm=cfg.trainer.clip_grad_norm, stop_after=None, logger=MetricsLogger(None),
                       checkpoint_meta={})
     trainer.register_hooks(lr=LRSchedulerHook(), logger=LoggerHook(cfg.trainer.log_every))
     start = time.perf_counter()

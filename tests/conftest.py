@@ -31,7 +31,7 @@ def tiny(datasets_root, tmp_path) -> list[str]:
     """Overrides for a fast classification run on the tiny data, with runs under tmp_path."""
     return [f"paths.datasets={datasets_root}", f"paths.runs={tmp_path / 'runs'}",
             *(f"{k}={v}" for k, v in TINY.items()), "data.batch_size=30", "data.workers=0",
-            "trainer.epochs=2", "trainer.log_every=2", "trainer.tensorboard=true", "hardware=cpu"]
+            "trainer.epochs=2", "trainer.log_every=2", "logger=[tensorboard]", "hardware=cpu"]
 
 
 def only_run_dir(root: Path) -> Path:

@@ -151,7 +151,7 @@ def test_a_value_of_the_wrong_type_is_refused_at_composition_naming_key_value_an
         runner.compose("train", ["trainer.epochs=abc"])
     assert err.value.line() == ("config key 'trainer.epochs' must be an integer, got 'abc' (override) — "
                                 "e.g. trainer.epochs=12 (its default)")
-    for override, expected in [("optim.lr=fast", "a number"), ("trainer.tensorboard=1", "true or false"),
+    for override, expected in [("optim.lr=fast", "a number"), ("plots=1", "true or false"),
                                ("data.batch_size=2.5", "an integer"), ("data.limit=some", "an integer"),
                                ("data.workers=many", "an integer"), ("visualize.noise=true", "a number")]:
         key = override.split("=")[0]

@@ -15,7 +15,7 @@ HERE = Path(__file__).parent
 
 def test_two_process_gloo_ddp_ends_with_identical_weights_and_one_run_dir(tiny, tmp_path):
     args = [a for a in tiny if not a.startswith("hardware=")] + ["hardware=ddp", "trainer.epochs=1",
-                                                                  "trainer.tensorboard=false"]
+                                                                  "logger=[]"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "ddp_worker.py"), str(tmp_path), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={
@@ -34,7 +34,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_one_run_dir(tiny, 
 
 def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_in_place_exactly(tiny, tmp_path):
     args = [a for a in tiny if not a.startswith(("hardware=", "paths.runs="))] + [
-        "hardware=ddp", "trainer.epochs=2", "trainer.tensorboard=false", "deterministic=true", "trainer.log_every=1",
+        "hardware=ddp", "trainer.epochs=2", "logger=[]", "deterministic=true", "trainer.log_every=1",
         "trainer.checkpoint_every=1", "resume=auto"]  # 180 images, 2 x 30 per step: 3 steps per epoch
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

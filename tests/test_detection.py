@@ -34,7 +34,7 @@ def devkit(tmp_path_factory) -> Path:
 
 def small(devkit: Path, tmp_path: Path, *extra: str) -> list[str]:
     return ["task=detection", f"dataset.root={devkit}", "dataset.synth=null", f"paths.runs={tmp_path / 'runs'}",
-            "hardware=cpu", "data.batch_size=4", "trainer.epochs=1", "trainer.tensorboard=false", "plots=false",
+            "hardware=cpu", "data.batch_size=4", "trainer.epochs=1", "logger=[]", "plots=false",
             *extra]
 
 

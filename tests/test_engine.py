@@ -185,7 +185,7 @@ def toy_weights_after_one_epoch(batch_size: int, grad_accum: int, tmp_path) -> t
                                   "step_epochs": 100, "gamma": 0.1}, len(loader) // grad_accum, 1)
     hw = resolve_hardware(hardware_cfg())
     trainer = Trainer(model, ToyTask(), opt, sched, loader, hardware=hw, epochs=1, grad_accum=grad_accum,
-                      clip_grad_norm=None, stop_after=None, logger=MetricsLogger(None, False), checkpoint_meta={})
+                      clip_grad_norm=None, stop_after=None, logger=MetricsLogger(None), checkpoint_meta={})
     trainer.fit()
     assert trainer.step == 16 // (batch_size * grad_accum)
     return model.weight.detach().clone()
@@ -219,7 +219,7 @@ def test_a_nan_loss_stops_training_with_one_line_and_keeps_the_last_good_checkpo
                                   "step_epochs": 100, "gamma": 0.1}, len(loader), 3)
     trainer = Trainer(model, ExplodingTask(at=6), opt, sched, loader, hardware=resolve_hardware(hardware_cfg()),
                       epochs=3, grad_accum=1, clip_grad_norm=1.0, stop_after=None,
-                      logger=MetricsLogger(None, False),
+                      logger=MetricsLogger(None),
                       checkpoint_meta={"config": {}, "task": "toy", "class_names": []})
     trainer.register_hooks(checkpoint=CheckpointHook(tmp_path))
     with pytest.raises(CvtoolError, match=r"NaN or infinite between steps 4 and 8 \(epoch 2\); .*last.pt keeps") as err:

@@ -87,7 +87,7 @@ def test_train_logs_the_choice_and_the_checkpoint_keeps_it_for_eval_on_other_dat
     runs = tmp_path / "runs"
     common = [f"paths.runs={runs}", "hardware=cpu", "plots=false", "data.workers=0"]
     train.main(["model=lenet5", "dataset=imagefolder", f"dataset.root={root}", "trainer.epochs=1",
-                "data.batch_size=4", "trainer.tensorboard=false", *common])
+                "data.batch_size=4", "logger=[]", *common])
     run = only_run_dir(runs / "classification" / "train")
     assert ("imagefolder: 32x32 px (model's native input; median image 8x8), grayscale, crop scale 0.6-1, no flip, "
             "mean/std from 12 images") in (run / "train.log").read_text()

@@ -120,7 +120,7 @@ def test_loss_after_warmup_far_above_its_first_value_warns():
 def digits_run(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
     """A short LeNet-5 run on scikit-learn's digits (bundled: nothing to generate)."""
     train.main(["experiment=lenet5_digits", f"paths.runs={tmp_path / 'runs'}", "hardware=cpu", "trainer.epochs=2",
-                "data.limit=300", "sched.warmup_epochs=0", "plots=false", "trainer.tensorboard=false", *overrides])
+                "data.limit=300", "sched.warmup_epochs=0", "plots=false", "logger=[]", *overrides])
     run = only_run_dir(tmp_path / "runs" / "classification" / "train")
     return read_json(run / "metrics.json"), run
 

@@ -177,7 +177,7 @@ def test_sigusr1_saves_requeues_the_slurm_job_once_and_the_same_command_finishes
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_ID="4711", SLURM_ARRAY_JOB_ID="4700",
                SLURM_ARRAY_TASK_ID="3", OMP_NUM_THREADS="1")
     args = [a for a in tiny if not a.startswith("trainer.epochs")] + [
-        "trainer.epochs=3", "trainer.tensorboard=false", "deterministic=true", "data.workers=0", "resume=auto"]
+        "trainer.epochs=3", "logger=[]", "deterministic=true", "data.workers=0", "resume=auto"]
     proc = subprocess.Popen([sys.executable, "-m", "cvtool", "train", *args], stderr=subprocess.PIPE, text=True,
                             env=env)
     wait_for_records(tmp_path / "runs", "classification/train/*/metrics.jsonl", 2)

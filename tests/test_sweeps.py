@@ -21,7 +21,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 def local_sweep(tiny, monkeypatch) -> list[str]:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return [a for a in tiny if not a.startswith("trainer.epochs")] + [
-        "hydra/launcher=local", "trainer.epochs=1", "trainer.tensorboard=false"]
+        "hydra/launcher=local", "trainer.epochs=1", "logger=[]"]
 
 
 def test_a_two_point_sweep_runs_two_jobs_and_returns_their_results(local_sweep, tmp_path):
@@ -78,6 +78,7 @@ def test_a_job_of_two_tasks_is_one_two_process_ddp_run(local_sweep, tmp_path, mo
     returns = [value._return_value for status, value in outcomes if status == "success"]
     for r in returns:
         del r["train_time_s"]
+    assert sorted(r.pop("run_dir") is None for r in returns) == [False, True]  # rank 0 wrote the run dir
     assert len(returns) == 2 and returns[0] == returns[1]  # rank 1 trained the same model in lock-step
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)

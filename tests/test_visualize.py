@@ -70,7 +70,7 @@ def trained(tmp_path_factory) -> tuple[list[str], str]:
     data = [f"paths.datasets={root / 'datasets'}", "dataset.synth.num_train=2000", "dataset.synth.num_val=100",
             "hardware=cpu", "data.workers=0"]
     train.main([*data, f"paths.runs={root / 'runs'}", "trainer.epochs=15", "data.batch_size=32",
-                "trainer.tensorboard=false", "plots=false"])
+                "logger=[]", "plots=false"])
     ckpt = only_run_dir(root / "runs" / "classification" / "train") / "checkpoints" / "best.pt"
     return data, str(ckpt)
 
@@ -237,7 +237,7 @@ def test_gradcam_of_segmenters_and_detectors(tmp_path_factory, tmp_path, task, m
                              min_objects=1, max_objects=4, min_size=12, max_size=48, seed=0)
     common = [f"task={task}", f"dataset.root={devkit}", "dataset.synth=null", "hardware=cpu", *model]
     train.main([*common, f"paths.runs={tmp_path / 't'}", "data.batch_size=4", "trainer.epochs=1",
-                "trainer.tensorboard=false", "plots=false"])
+                "logger=[]", "plots=false"])
     ckpt = only_run_dir(tmp_path / "t" / task / "train") / "checkpoints" / "last.pt"
     for method in ("gradcam", "saliency", "guided_backprop", "occlusion"):
         result = visualize.main(method, [*common, f"ckpt={ckpt}", f"paths.runs={tmp_path / method}",

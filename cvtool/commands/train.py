@@ -15,7 +15,7 @@ from cvtool.config import runner
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.guard import LearningGuardHook
 from cvtool.engine.hooks import CheckpointHook, EarlyStopHook, EMAHook, EvalHook, LoggerHook, LRSchedulerHook
-from cvtool.engine.metrics_log import MetricsLogger, read_records
+from cvtool.engine.metrics_log import read_records
 from cvtool.engine.schedule import build_scheduler
 from cvtool.engine.trainer import Trainer
 from cvtool.errors import CvtoolError
@@ -24,6 +24,7 @@ from cvtool.utils.atomic import atomic_write_text
 
 from . import components as C
 from .checkpoints import check_compatible, loadable_checkpoint, run_overrides
+from .loggers import metrics_logger
 
 log = logging.getLogger("cvtool.train")
 
@@ -38,6 +39,7 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
 def build_trainer(cfg: DictConfig, run_dir: Path | None):
     """Everything `train` needs, assembled from the config: (trainer, eval hook, class names)."""
     hardware = C.setup(cfg)
+    logger = metrics_logger(cfg, run_dir)  # first: an unknown or missing logger fails before data loads
     task = C.task_from(cfg)
     train_set, val_set = C.train_val_sets(cfg, task)
     log.info("train: %s | val: %s", train_set.source, val_set.source)
@@ -52,7 +54,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     t = cfg.trainer
     trainer = Trainer(model, task, optimizer, scheduler, train_loader, hardware=hardware, epochs=t.epochs,
                       grad_accum=t.grad_accum, clip_grad_norm=t.clip_grad_norm, stop_after=t.stop_after,
-                      logger=MetricsLogger(run_dir, t.tensorboard), checkpoint_meta=meta,
+                      logger=logger, checkpoint_meta=meta,
                       preempt_signals=tuple(t.preempt_signals), requeue=t.requeue,
                       allow_world_size_change=t.allow_world_size_change)
     evaluation = EvalHook(C.loader(val_set, cfg, hardware, train=False), task.build_evaluator(val_set),
@@ -74,7 +76,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
         state = load_checkpoint(cfg.resume, map_location=hardware.device)
         check_compatible(state, task.name, train_set.classes)
         trainer.load_state_dict(state)
-        trainer.logger.resume_at(trainer.step)
+        trainer.logger.resume_at(trainer.step, state.get("tracking"))
         log.info("resumed from %s at epoch %d, step %d", cfg.resume, trainer.epoch, trainer.step)
     return trainer, evaluation, train_set.classes
 
@@ -98,10 +100,8 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
         raise CvtoolError(f"this run already finished its {trainer.epochs} epochs", where=str(cfg.resume),
                           fix=f"to train longer, resume with trainer.epochs=N (N > {trainer.epochs})")
     started = time.perf_counter()
-    try:
+    with trainer.logger:  # leaving it ends the tracked run: finished, or killed/failed for a resume to reopen
         trainer.fit()
-    finally:
-        trainer.logger.close()
     result = {"task": cfg.task.name, "model": cfg.model.name, "metric": evaluation.metric,
               "best": evaluation.best, "best_epoch": evaluation.best_epoch, "epochs": trainer.epoch,
               "steps": trainer.step, "train_time_s": time.perf_counter() - started,
@@ -118,4 +118,4 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
                  float("nan") if evaluation.best is None else evaluation.best,
                  evaluation.best_epoch, run_dir)
     dist.shutdown()
-    return result
+    return {**result, "run_dir": None if run_dir is None else str(run_dir)}  # for the API; not in the file

@@ -81,7 +81,7 @@ class Trainer:
                 "hooks": {name: hook.state_dict() for name, hook in self.hooks.items()},
                 "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
                 "epoch_offset": self.epoch_offset(), "world_size": dist.world_size(),
-                "rng": rng_state(), **self.checkpoint_meta}
+                "rng": rng_state(), "tracking": self.logger.state_dict(), **self.checkpoint_meta}
 
     def epoch_offset(self) -> int:
         """Samples of this epoch consumed so far, over all ranks (the sampler's global position)."""
