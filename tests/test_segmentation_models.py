@@ -333,7 +333,7 @@ def test_segmentation_models_are_registered_with_configs_repeating_their_default
     for name in SEGMENTERS:
         cfg = runner.compose("train", ["task=segmentation", "dataset=voc_seg", f"model={name}"])
         conf = OmegaConf.to_container(cfg.model, resolve=True)
-        assert conf.pop("name") == name and conf.pop("weights") is None
+        assert conf.pop("name") == name and conf.pop("weights") is None and conf.pop("freeze") is None
         conf = {k: v for k, v in conf.items() if k not in NOT_BUILDER_ARGS}  # e.g. amp_on_cpu (the engine reads it)
         defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in builder_kwargs(name).items()}
         assert conf == defaults, name

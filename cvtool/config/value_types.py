@@ -18,7 +18,7 @@ from .locate import GROUPS
 NUMBERS: dict[str, type] = {
     "trainer.clip_grad_norm": float, "trainer.lr_reference_batch": int, "trainer.stop_after": int,
     "trainer.early_stop_patience": int, "data.limit": int, "data.workers": int, "inspect.num_classes": int,
-    "inspect.depth": int,
+    "inspect.depth": int, "optim.layer_decay": float,
 }
 _NAMES = {bool: "true or false", int: "an integer", float: "a number"}
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from cvtool.errors import CvtoolError
+from cvtool.models.freezing import freeze as apply_freeze
 from cvtool.models.weights import is_weights_file, load_weights_file
 
 TASKS = ("classification", "detection", "segmentation")
@@ -79,9 +80,11 @@ def create_model(
     in_channels: int = 3,
     weights: str | None = None,
     input_size: int | None = None,
+    freeze: str | int | list | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """Build ``name``. ``weights``: a pretrained-weights name or a local file; ``input_size`` is checked."""
+    """Build ``name``. ``weights``: a pretrained-weights name or a local file; ``input_size`` is checked;
+    ``freeze``: `model.freeze`, applied after the weights are loaded (cvtool.models.freezing)."""
     info = model_info(name)
     accepted = builder_kwargs(name)
     for key in kwargs:
@@ -99,8 +102,9 @@ def create_model(
     if weights is not None and is_weights_file(weights):
         model = info.builder(num_classes, in_channels, None, **kwargs)
         load_weights_file(model, weights)
-        return model
-    return info.builder(num_classes, in_channels, weights, **kwargs)
+    else:
+        model = info.builder(num_classes, in_channels, weights, **kwargs)
+    return apply_freeze(model, freeze, classifier=info.task == "classification")
 
 
 def count_parameters(model: nn.Module) -> int:

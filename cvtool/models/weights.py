@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights
 
-from cvtool.engine.checkpoint import read_torch_file
+from cvtool.engine.checkpoint import model_weights, read_torch_file
 from cvtool.errors import CvtoolError
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,13 @@ def reject_weights_name(model_name: str, weights: str | None) -> None:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a raw state dict or of a cvtool checkpoint (its ``model`` entry) stored at ``path``."""
+    """Tensors of a raw state dict or of a cvtool checkpoint (the weights it deploys: EMA when kept) at ``path``."""
     path = Path(path)
     if not path.is_file():
         raise CvtoolError("weights file not found", where=str(path), fix="check the weights=PATH value")
     obj = read_torch_file(path, "weights file", "pass a state dict or cvtool checkpoint saved with torch.save")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
+        obj = model_weights(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CvtoolError(
             "weights file holds no state dict",
@@ -92,29 +92,37 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _listed(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 def load_weights_file(model: nn.Module, path: str | os.PathLike) -> int:
     """Copy the tensors of ``path`` whose names and shapes match into ``model``; returns how many matched.
 
-    Mismatched shapes (typically the classifier head of a different class count) are skipped; fewer than half
-    of the model's tensors matching means the file belongs to another architecture, which is an error.
+    Tensors of another shape (typically the head of another class count) keep the model's fresh initialisation and
+    tensors the model lacks are skipped, all said in one log line. A file matching fewer than half of the model's
+    tensors belongs to another architecture, which is an error.
     """
     source = read_state_dict(path)
     target = model.state_dict()
     matched = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
-    skipped = sorted(k for k, v in source.items() if k in target and v.shape != target[k].shape)
+    reinitialised = [k for k in source if k in target and k not in matched]
+    skipped = [k for k in source if k not in target]
     if len(matched) < len(target) / 2:
         raise CvtoolError(
-            f"weights file matches only {len(matched)} of the model's {len(target)} tensors",
+            f"weights file matches only {len(matched)} of the model's {len(target)} tensors "
+            f"({len(reinitialised)} have other shapes, {len(skipped)} are not in the model)",
             where=str(path),
             fix="it was saved from another architecture; pick the matching model= or another file",
         )
-    if skipped:
-        log.info(
-            "weights %s: skipped %d tensors with other shapes (%s)",
-            path,
-            len(skipped),
-            ", ".join(skipped),
-        )
     model.load_state_dict(matched, strict=False)
-    log.info("weights %s: loaded %d of %d tensors", path, len(matched), len(target))
+    report = f"weights {path}: loaded {len(matched)}/{len(target)} tensors"
+    if reinitialised:
+        report += f"; re-initialised (shape differs): {_listed(reinitialised)}"
+    if skipped:
+        report += f"; skipped (not in model): {_listed(skipped)}"
+    absent = [k for k in target if k not in source]
+    if absent:
+        report += f"; not in file (as initialised): {_listed(absent)}"
+    log.info(report)
     return len(matched)
