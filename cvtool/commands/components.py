@@ -10,8 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cvtool.config.errors import missing_value
-from cvtool.data.samplers import ResumableSampler, ShardSampler
+from cvtool.data.samplers import ResumableSampler, ShardSampler, class_balanced_weights, item_labels
 from cvtool.engine.hardware import Hardware, init_distributed, resolve_hardware
+from cvtool.engine.param_groups import parameter_groups
 from cvtool.errors import CvtoolError
 from cvtool.tasks import build_task
 from cvtool.utils import distributed as dist
@@ -78,22 +79,82 @@ def num_workers(cfg: DictConfig, dataset) -> int:
 
 
 def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torch.utils.data.DataLoader:
-    """Training: resumable per-epoch-seeded shuffling (DistributedSampler); evaluation: unpadded shards."""
+    """Training: resumable per-epoch-seeded shuffling (DistributedSampler) or class-balanced draws
+    (data.sampler), then dataset.batch_transforms (MixUp/CutMix); evaluation: unpadded shards, batches as read."""
+    collate = getattr(dataset, "collate", None)
     if train:
         batch_size = cfg.data.batch_size
         groups = dataset.aspect_groups() if cfg.data.aspect_ratio_grouping and hasattr(dataset, "aspect_groups") \
             else None
         sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-                                   seed=cfg.seed, groups=groups, batch_size=batch_size)
+                                   seed=cfg.seed, groups=groups, batch_size=batch_size,
+                                   weights=sampling_weights(dataset, cfg))
+        collate = mixed_collate(dataset, cfg, collate)
     else:
         sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
         batch_size = cfg.data.eval_batch_size
     workers = num_workers(cfg, dataset)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=getattr(dataset, "collate", None),
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
         num_workers=workers, pin_memory=hardware.pin_memory, generator=getattr(sampler, "generator", None),
         drop_last=train and cfg.data.drop_last and len(sampler) >= batch_size,
         persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def classification_only(cfg: DictConfig, key: str, what: str,
+                        fix: str = "segmentation balances classes with task.class_weights=auto") -> None:
+    """Refuse a training option that is for classifiers only under another task."""
+    if cfg.task.name != "classification":
+        raise CvtoolError(f"{key} {what}: classification only, not {cfg.task.name}", where=key,
+                          fix=f"drop {key} ({fix})")
+
+
+def sampling_weights(dataset, cfg: DictConfig) -> list[float] | None:
+    """data.sampler=balanced: per-item weights 1 / (items of its class); null: uniform shuffling (None)."""
+    if cfg.data.sampler is None:
+        return None
+    if cfg.data.sampler != "balanced":
+        raise CvtoolError(f"unknown data.sampler {cfg.data.sampler!r}", where="data.sampler",
+                          fix="data.sampler=balanced, or null (every item once per epoch)")
+    classification_only(cfg, "data.sampler=balanced", "draws images by their class label")
+    return class_balanced_weights(item_labels(dataset))
+
+
+def mixed_collate(dataset, cfg: DictConfig, collate):
+    """`collate` followed by dataset.batch_transforms (MixUp/CutMix get the dataset's class count), or `collate`
+    itself when there are none."""
+    transform = transforms(cfg, "batch_transforms")
+    if transform is None:
+        return collate
+    classification_only(cfg, "dataset.batch_transforms", "mix images and their labels")
+    fill_num_classes(transform, len(dataset.classes))
+    return MixedBatches(collate or torch.utils.data.default_collate, transform)
+
+
+def fill_num_classes(transform, num_classes: int) -> None:
+    """Set num_classes of every MixUp/CutMix inside `transform` (nested Compose/RandomChoice/RandomApply too)."""
+    from torchvision.transforms import v2
+
+    if isinstance(transform, v2.MixUp | v2.CutMix):
+        if transform.num_classes not in (None, num_classes):
+            raise CvtoolError(f"{type(transform).__name__} has num_classes={transform.num_classes} but the dataset "
+                              f"has {num_classes} classes", where="dataset.batch_transforms",
+                              fix="leave num_classes out: it is set from the dataset")
+        transform.num_classes = num_classes
+    for inner in getattr(transform, "transforms", None) or []:
+        fill_num_classes(inner, num_classes)
+
+
+class MixedBatches:
+    """A collate function whose (images, labels) batches pass through a batch transform: images as float32 (MixUp
+    blends pixels), labels come out as class probabilities (soft targets for the cross-entropy)."""
+
+    def __init__(self, collate, transform):
+        self.collate, self.transform = collate, transform
+
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.collate(items)
+        return self.transform(images.float(), labels)
 
 
 def limited(dataset, limit: int | None, seed: int):
@@ -120,13 +181,17 @@ def train_val_sets(cfg: DictConfig, task) -> tuple:
 
 
 def optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """`optim` is a partial `_target_`; norm layers and biases get no weight decay unless asked."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 and not cfg.trainer.decay_norm_and_bias else decay).append(param)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return instantiate(cfg.optim, "optim")([g for g in groups if g["params"]], lr=scaled_lr(cfg))
+    """`optim` is a partial `_target_` (less cvtool's own lr_scale and layer_decay keys) over the parameter groups
+    of engine.param_groups: no weight decay on norm layers and biases unless asked, lr multipliers per group."""
+    spec = plain(cfg.optim)
+    lr_scale, layer_decay = spec.pop("lr_scale"), spec.pop("layer_decay")
+    if layer_decay is not None:
+        classification_only(cfg, "optim.layer_decay", "decays the lr from the head down",
+                            fix="set per-module lrs with optim.lr_scale={PATTERN:MULTIPLIER}")
+    lr = scaled_lr(cfg)
+    groups = parameter_groups(model, lr, decay_norm_and_bias=cfg.trainer.decay_norm_and_bias, lr_scale=lr_scale,
+                              layer_decay=layer_decay)
+    return instantiate(spec, "optim")(groups, lr=lr)
 
 
 def scaled_lr(cfg: DictConfig) -> float:

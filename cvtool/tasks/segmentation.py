@@ -24,6 +24,7 @@ from cvtool.metrics.segmentation import SegmentationEvaluator, constant_predicti
 
 from .dense_inference import dense_scores
 from .images import Normaliser, registry_model
+from .losses import class_weights, median_frequency_weights
 
 
 def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int, smooth: float = 1.0) -> torch.Tensor:
@@ -46,6 +47,7 @@ class SegmentationTask:
         self.cfg, self.dataset_cfg = task_cfg, dataset_cfg
         self.normalise = Normaliser(dataset_cfg["mean"], dataset_cfg["std"])
         self.ignore_index = dataset_cfg.get("ignore_index")
+        self.class_weight: torch.Tensor | None = None  # task.class_weights, set when the training split opens
 
     @property
     def metric(self) -> str:
@@ -69,6 +71,10 @@ class SegmentationTask:
                                         ignore_index=self.ignore_index, skip_invalid=skip_invalid, problems=problems,
                                         keep_masks=bool(ds.get("cache")))
         dataset.transform = transform
+        if train:
+            masks = dataset.masks if dataset.masks is not None else map(dataset._read_mask, range(len(dataset)))
+            self.class_weight = class_weights(self.cfg["class_weights"], dataset.classes, lambda: (
+                median_frequency_weights(masks, len(dataset.classes), self.ignore_index)))
         return dataset.cache() if ds.get("cache") else dataset
 
     def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
@@ -98,9 +104,11 @@ class SegmentationTask:
         return batch["image"].shape[0]
 
     def _loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (void ignored), plus task.dice_weight x the soft Dice loss."""
+        """Cross-entropy (void ignored; task.class_weights), plus task.dice_weight x the soft Dice loss."""
         ignore = self.ignore_index if self.ignore_index is not None else -100
-        loss = F.cross_entropy(logits.float(), mask, ignore_index=ignore)
+        if self.class_weight is not None and self.class_weight.device != logits.device:
+            self.class_weight = self.class_weight.to(logits.device)
+        loss = F.cross_entropy(logits.float(), mask, weight=self.class_weight, ignore_index=ignore)
         weight = self.cfg.get("dice_weight") or 0.0
         return loss + weight * soft_dice_loss(logits.float(), mask, ignore) if weight else loss
 
@@ -140,14 +148,36 @@ class SegmentationTask:
 
     def draw_overlays(self, directory: Path, dataset: SegmentationSet, outputs: list[dict], limit: int | None) -> int:
         """The first `limit` images with the predicted classes painted over them (background left clear)."""
-        from cvtool.viz.draw import class_overlay
-
         directory.mkdir(parents=True, exist_ok=True)
-        skip = (0,) if dataset.classes and dataset.classes[0] == "background" else ()
         count = len(dataset) if limit is None else min(limit, len(dataset))
         for index in range(count):
             image, _ = dataset[index]
             name = Path(dataset.items[index].image_id).name
-            class_overlay(image, outputs[index]["labels"], skip, self.cfg["overlay_alpha"]).save(
-                directory / f"{index:05d}_{name}.png")
+            self.annotate(image, outputs[index], dataset.classes).save(directory / f"{index:05d}_{name}.png")
         return count
+
+    def annotate(self, image: torch.Tensor, output: dict, classes: list[str]):
+        """The uint8 image with its predicted classes painted over it (background left clear)."""
+        from cvtool.viz.draw import class_overlay
+
+        skip = (0,) if classes and classes[0] == "background" else ()
+        return class_overlay(image, output["labels"], skip, self.cfg["overlay_alpha"])
+
+    def frame_batch(self, frames: list[torch.Tensor], transform) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """uint8 video frames (one size) as the batch `preprocess` takes, transformed as `open_source` transforms
+        images; no ground truth, so an empty mask tensor."""
+        from torchvision import tv_tensors
+
+        images = [tv_tensors.Image(frame) for frame in frames]
+        images = [(transform(image) if transform else image).as_subclass(torch.Tensor) for image in images]
+        return (torch.stack(images), torch.empty((len(images), 0, 0), dtype=torch.int64),
+                [tuple(image.shape[-2:]) for image in images])
+
+    def frame_results(self, frames: list[torch.Tensor], batch, outputs: list[dict], classes: list[str]) -> list:
+        """Per frame: the fraction of its pixels predicted as each class, and the annotated image."""
+        results = []
+        for image, output in zip(batch[0], outputs):
+            counts = torch.bincount(output["labels"].flatten().long(), minlength=len(classes))[:len(classes)]
+            record = {"fractions": dict(zip(classes, (counts / max(1, output["labels"].numel())).tolist()))}
+            results.append((record, self.annotate(image, output, classes)))
+        return results
