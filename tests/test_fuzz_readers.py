@@ -25,12 +25,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from cvtool.commands.evaluate_stored import evaluate_stored
+from cvtool.config import runner
 from cvtool.data.coco_json import load_instances, load_results
 from cvtool.data.index_png import read_index_png, write_index_png
 from cvtool.data.logits_files import read_classification_predictions
 from cvtool.data.voc_annotations import BOX_TAGS, parse_annotation, read_voc_split
 from cvtool.data.voc_results import read_result_file
 from cvtool.errors import CvtoolError
+from cvtool.metrics.detection_analysis import analyse
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning", "ignore::UserWarning")
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -67,6 +69,17 @@ def run(fn, *args):
         return None
     event(f"{fn.__name__}: result")
     return result
+
+
+ANALYSIS = OmegaConf.to_container(runner.compose("eval", []).analysis)  # the shipped defaults
+
+
+def analysed(evaluation) -> bool:
+    """The detection error analysis of an evaluation that gave metrics: fractions where fractions belong."""
+    if evaluation.detections is None:
+        return True
+    analysis = analyse(evaluation.detections, ANALYSIS)
+    return unit(analysis["tide"]["ap"]) and all(e["count"] >= 0 for e in analysis["tide"]["errors"].values())
 
 
 def unit(metric: float | None) -> bool:
@@ -157,7 +170,7 @@ def voc(tmp_path_factory) -> dict:
                                                 "</annotation>")
     cfg = OmegaConf.create({"task": {"name": "detection"}, "predictions": str(root / "results"),
                             "dataset": {"name": "voc", "kind": "voc", "root": str(root), "split": "val",
-                                        "classes": CLASSES}})
+                                        "classes": CLASSES}, "analysis": ANALYSIS})
     return {"root": root, "cfg": cfg}
 
 
@@ -179,8 +192,8 @@ def test_voc_annotations_and_result_files_give_metrics_or_one_error(voc, xml, sp
     boxes = run(read_result_file, result_file, {"a": 0, "b": 1})
     if boxes is not None:
         assert np.isfinite(boxes[1]).all() and np.isfinite(boxes[2]).all()
-    metrics = run(evaluate_stored, voc["cfg"])
-    assert metrics is None or unit(metrics.metrics["voc10"]["mAP"])
+    evaluation = run(evaluate_stored, voc["cfg"])
+    assert evaluation is None or unit(evaluation.metrics["voc10"]["mAP"]) and analysed(evaluation)
 
 
 # ---------------------------------------------------------------- COCO instances and results JSON
@@ -229,7 +242,7 @@ def coco(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("coco")
     dataset = {"name": "coco", "kind": "coco", "root": None, "ann_file": str(root / "gt.json")}
     cfg = OmegaConf.create({"task": {"name": "detection"}, "predictions": str(root / "res.json"), "iou_type": None,
-                            "backend": "pycocotools", "dataset": dataset})
+                            "backend": "pycocotools", "dataset": dataset, "analysis": ANALYSIS})
     return {"root": root, "cfg": cfg}
 
 
@@ -237,7 +250,8 @@ def evaluate_coco(cfg) -> None:
     for backend in ("pycocotools", "faster_coco_eval"):
         for iou_type in (None, "bbox", "segm"):
             evaluation = run(evaluate_stored, OmegaConf.merge(cfg, {"backend": backend, "iou_type": iou_type}))
-            assert evaluation is None or all(unit(m["AP"]) for m in evaluation.metrics.values())
+            assert evaluation is None or all(unit(m["AP"]) for m in evaluation.metrics.values()) \
+                and analysed(evaluation)
 
 
 def test_the_unmutated_coco_files_give_metrics(coco):

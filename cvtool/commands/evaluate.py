@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from cvtool.config import runner
 from cvtool.errors import CvtoolError
+from cvtool.metrics.detection_analysis import check_settings
 from cvtool.utils import distributed as dist
 from cvtool.utils.atomic import atomic_write_text
 
@@ -24,10 +25,19 @@ def main(overrides: list[str], multirun: bool = False) -> list[dict]:
     return runner.run("eval", checkpoint_overrides(overrides), evaluate, multirun=multirun)
 
 
-def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
+class Metrics(dict):
+    """The metrics JSON as a dict, with the run directory that holds metrics.json and plots/ as `run_dir`."""
+
+    def __init__(self, metrics: dict, run_dir: Path | None):
+        super().__init__(metrics)
+        self.run_dir = None if run_dir is None else str(run_dir)
+
+
+def evaluate(cfg: DictConfig, run_dir: Path | None) -> Metrics:
     if cfg.predictions is not None and (cfg.ckpt is not None or cfg.model_file is not None):
         raise CvtoolError("both a model and predictions= given", where="ckpt/model_file/predictions",
                           fix="evaluate either a model (ckpt=PATH) or stored predictions (predictions=PATH)")
+    check_settings(cfg.analysis)
     if cfg.predictions is not None:
         from .evaluate_stored import evaluate_stored  # numpy only: no torch import on this path
 
@@ -43,7 +53,7 @@ def evaluate(cfg: DictConfig, run_dir: Path | None) -> dict:
     if dist.is_main():
         report(evaluation, cfg, Path(run_dir) if run_dir is not None else None)
     dist.shutdown()
-    return evaluation.metrics
+    return Metrics(evaluation.metrics, run_dir)
 
 
 def report(evaluation: Evaluation, cfg: DictConfig, run_dir: Path | None) -> None:
@@ -56,6 +66,10 @@ def report(evaluation: Evaluation, cfg: DictConfig, run_dir: Path | None) -> Non
     log.info("metrics written to %s", " and ".join(map(str, targets)))
     if cfg.plots and run_dir is not None:
         draw_plots(evaluation, run_dir / "plots")
+    if evaluation.detections is not None:
+        from .detection_analysis import write_analysis
+
+        write_analysis(evaluation.detections, cfg, run_dir, evaluation.source)
 
 
 def draw_plots(evaluation: Evaluation, directory: Path) -> None:

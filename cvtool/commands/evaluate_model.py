@@ -10,6 +10,7 @@ from cvtool.engine.inference import run_inference
 
 from . import components as C
 from .checkpoints import check_compatible
+from .detection_analysis import analysis_input
 from .evaluate_stored import Evaluation
 from .restore import restore_or_load
 
@@ -26,4 +27,5 @@ def evaluate_model(cfg: DictConfig) -> Evaluation:
     evaluator = task.build_evaluator(dataset)
     metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False), evaluator, hardware)
     return Evaluation(metrics, class_names, evaluator.protocol(), str(dataset.source),
-                      getattr(evaluator, "confusion", None), getattr(evaluator, "curves", None))
+                      getattr(evaluator, "confusion", None), getattr(evaluator, "curves", None),
+                      analysis_input(cfg, evaluator))

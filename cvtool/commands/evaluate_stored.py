@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
@@ -17,6 +18,9 @@ from omegaconf import DictConfig
 from cvtool.data.roots import prepared_root
 from cvtool.engine.progress import track
 from cvtool.errors import CvtoolError
+
+if TYPE_CHECKING:
+    from cvtool.metrics.box_matching import DetectionData
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Evaluation:
     source: str
     confusion: np.ndarray | None = field(default=None, repr=False)  # -> plots/confusion_matrix.png
     curves: dict | None = field(default=None, repr=False)  # class -> (recall, precision): plots/pr_curves.png
+    detections: DetectionData | None = field(default=None, repr=False)  # -> detection_analysis.json
 
 
 def evaluate_stored(cfg: DictConfig) -> Evaluation:
@@ -81,6 +86,8 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
     from cvtool.data.voc_results import read_result_file, result_files
     from cvtool.metrics.voc import Boxes, VOCEvaluator
 
+    from .detection_analysis import analysis_input
+
     _refuse_json(cfg, "a directory of comp4_det_<split>_<class>.txt files")
     class_names = list(cfg.dataset.classes)
     split = cfg.dataset.split
@@ -93,12 +100,15 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
         image, scores, boxes = read_result_file(path, index)
         evaluator.add(Boxes.make(image, class_names.index(name), boxes, scores=scores))
     return Evaluation(evaluator.evaluate(), class_names, evaluator.protocol(),
-                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)", curves=evaluator.curves)
+                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)", curves=evaluator.curves,
+                      detections=analysis_input(cfg, evaluator))
 
 
 def coco_detection(cfg: DictConfig) -> Evaluation:
     from cvtool.data.coco_json import load_instances, load_results, require_segmentations
     from cvtool.metrics.coco import CocoEvaluator, check_iou_types, coco_api
+
+    from .detection_analysis import analysis_input
 
     prepared_root(cfg.dataset)
     gt_data = load_instances(cfg.dataset.ann_file)
@@ -110,7 +120,7 @@ def coco_detection(cfg: DictConfig) -> Evaluation:
     evaluator = CocoEvaluator(coco_api(gt_data, cfg.backend), [c["id"] for c in categories], iou_types, cfg.backend)
     evaluator.results = results
     return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
-                      str(cfg.predictions), curves=evaluator.curves)
+                      str(cfg.predictions), curves=evaluator.curves, detections=analysis_input(cfg, evaluator))
 
 
 def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -65,6 +65,22 @@ def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Tab
     return table
 
 
+def tide_table(analysis: dict, title: str) -> Table:
+    """The TIDE breakdown of a detection analysis: count and dAP per error type, base AP, best-F1 threshold."""
+    tide = analysis["tide"]
+    table = _table(title, "error", "count", "dAP")
+    for name, error in tide["errors"].items():
+        table.add_row(name, str(error["count"]), _fmt(error["dAP"]))
+    table.add_section()
+    for name, dap in tide["special"].items():
+        table.add_row(name, "", _fmt(dap))
+    table.add_row(f"[bold]AP @ IoU {analysis['settings']['tide_fg_iou']:g}", "", f"[bold]{_fmt(tide['ap'])}")
+    best = analysis["pr_vs_score"]["overall"]["best"]
+    if best:
+        table.add_row(f"best F1 (score >= {best['threshold']:.4g})", "", _fmt(best["f1"]))
+    return table
+
+
 def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
     """The table matching the metrics' kind (classification, VOC, COCO or segmentation)."""
     if "voc07" in metrics:
