@@ -1,6 +1,7 @@
-"""`cvtool predict ckpt=PATH [source=IMAGE|DIR]`: predictions in the formats `cvtool eval predictions=` reads,
-plus overlay images. Without source=, the dataset's evaluation split is predicted (with its ground truth), so
-predict -> eval round-trips to the numbers of `cvtool eval ckpt=`."""
+"""`cvtool predict ckpt=PATH [source=IMAGE|DIR|VIDEO]`: predictions in the formats `cvtool eval predictions=`
+reads, plus overlay images (videos, webcams and streams: predict_video.py). Without source=, the dataset's
+evaluation split is predicted (with its ground truth), so predict -> eval round-trips to the numbers of
+`cvtool eval ckpt=`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 
 from cvtool.config import runner
 from cvtool.data.image_files import list_images
+from cvtool.data.video import video_source
 from cvtool.engine.inference import OutputCollector, run_inference
 
 from . import components as C
@@ -27,6 +29,11 @@ def main(overrides: list[str]) -> list[dict]:
 def predict(cfg: DictConfig, run_dir: Path | None) -> dict:
     hardware = C.setup(cfg)
     model, task, class_names, state = restore_or_load(cfg, hardware)
+    video = video_source(cfg.source) if cfg.source is not None else None
+    if video:
+        from .predict_video import predict_video
+
+        return predict_video(cfg, video, model, task, class_names, hardware, C.run_dir_path(run_dir) or Path("."))
     transform = C.transforms(cfg, "eval_transforms")
     if cfg.source:
         images = task.open_source(list_images(cfg.source), transform, class_names, Path(cfg.source))
@@ -42,4 +49,4 @@ def predict(cfg: DictConfig, run_dir: Path | None) -> dict:
     drawn = task.draw_overlays(run_dir / "overlays", images, outputs, cfg.overlays) if cfg.overlays != 0 else 0
     log.info("%d predictions written to %s (%s, %d overlays/)", len(images), run_dir,
              ", ".join(Path(p).name for p in written), drawn)
-    return {"num_images": len(images), "run_dir": str(run_dir)}
+    return {"num_images": len(images), "run_dir": str(run_dir), "files": [str(p) for p in written]}

@@ -77,10 +77,10 @@ def _decode_torchvision(data: np.ndarray, mode: str) -> torch.Tensor:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         image = decode_image(torch.from_numpy(data), mode=ImageReadMode.RGB, apply_exif_orientation=True)
     # Converting here rather than asking the decoder for GRAY: its WebP decoder ignores GRAY.
-    return _rgb_to_gray(image) if mode == "GRAY" else image
+    return rgb_to_gray(image) if mode == "GRAY" else image
 
 
-def _rgb_to_gray(image: torch.Tensor) -> torch.Tensor:
+def rgb_to_gray(image: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma in PIL's exact integer arithmetic, so gray sources round-trip losslessly."""
     r, g, b = image.to(torch.int64).unbind(0)
     return ((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16).unsqueeze(0).to(image.dtype)

@@ -184,17 +184,40 @@ class DetectionTask:
 
     def draw_overlays(self, directory: Path, dataset: DetectionSet, outputs: list[dict], limit: int | None) -> int:
         """The first `limit` images with their boxes, "class score" labels (and masks) above the threshold."""
-        from cvtool.viz.draw import boxes_overlay
-
         directory.mkdir(parents=True, exist_ok=True)
         count = len(dataset) if limit is None else min(limit, len(dataset))
         for index in range(count):
             image, target = dataset[index]
-            output = outputs[index]
-            keep = output["scores"] >= self.cfg["overlay_score"]
-            labels = [f"{dataset.classes[int(k)]} {float(s):.2f}"
-                      for k, s in zip(output["labels"][keep], output["scores"][keep])]
-            masks = output["masks"][keep, 0] > 0.5 if "masks" in output else None
-            boxes_overlay(image, output["boxes"][keep], labels, masks).save(
+            self.annotate(image, outputs[index], dataset.classes).save(
                 directory / f"{index:05d}_{target['image_id']}.png")
         return count
+
+    def annotate(self, image: torch.Tensor, output: dict, classes: list[str]):
+        """The uint8 image with the boxes, "class score" labels (and masks) scoring at least task.overlay_score."""
+        from cvtool.viz.draw import boxes_overlay
+
+        keep = output["scores"] >= self.cfg["overlay_score"]
+        labels = [f"{classes[int(k)]} {float(s):.2f}" for k, s in zip(output["labels"][keep], output["scores"][keep])]
+        masks = output["masks"][keep, 0] > 0.5 if "masks" in output else None
+        return boxes_overlay(image, output["boxes"][keep], labels, masks)
+
+    def frame_batch(self, frames: list[torch.Tensor], transform) -> tuple[list, list]:
+        """uint8 video frames as the batch `preprocess` takes, transformed as `open_source` transforms images."""
+        from torchvision import tv_tensors
+
+        images = [tv_tensors.Image(frame) for frame in frames]
+        images = [transform(image) if transform else image for image in images]
+        return images, [{"image_id": i} for i in range(len(images))]
+
+    def frame_results(self, frames: list[torch.Tensor], batch, outputs: list[dict], classes: list[str]) -> list:
+        """Per frame: boxes [x1, y1, x2, y2] in the frame's pixels, class names and scores of the detections scoring
+        at least task.overlay_score, and the annotated image."""
+        results = []
+        for frame, image, output in zip(frames, batch[0], outputs):
+            keep = output["scores"] >= self.cfg["overlay_score"]
+            scale = torch.tensor([frame.shape[-1] / image.shape[-1], frame.shape[-2] / image.shape[-2]] * 2)
+            record = {"boxes": (output["boxes"][keep] * scale).tolist(),
+                      "labels": [classes[int(k)] for k in output["labels"][keep]],
+                      "scores": output["scores"][keep].tolist()}
+            results.append((record, self.annotate(image, output, classes)))
+        return results

@@ -7,9 +7,10 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 
-def labelled(path: str | Path, text: str, min_side: int = 256) -> Image.Image:
-    """The image (upscaled to at least `min_side` px for legibility) with `text` on a dark banner."""
-    image = Image.open(path).convert("RGB")
+def labelled(path: str | Path | Image.Image, text: str, min_side: int = 256) -> Image.Image:
+    """The image (a file or a PIL image; upscaled to at least `min_side` px for legibility) with `text` on a dark
+    banner."""
+    image = (path if isinstance(path, Image.Image) else Image.open(path)).convert("RGB")
     scale = max(1.0, min_side / min(image.size))
     if scale > 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
