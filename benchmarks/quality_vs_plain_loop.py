@@ -2,7 +2,8 @@
 like torchvision's reference `train_one_epoch` over the same model, data and augmentation, for as many epochs at
 the same batch size: AdamW (weight decay 1e-4) with a per-step cosine schedule and no warmup, the model's own
 losses only (U-Net: cross-entropy without the recipe's deep supervision and Dice), bf16 autocast where cvtool
-uses it. Both are scored by the same evaluator on the val split. Prints metric, time and the ratio (target >= 1).
+uses it. Both are scored by the same evaluator on the val split, in one process (cvtool through its Python API).
+Prints metric, time and the ratio (target >= 1).
 
     python benchmarks/quality_vs_plain_loop.py segmentation [--model unet] [--lr 1e-3] [overrides ...]
     python benchmarks/quality_vs_plain_loop.py detection --model faster_rcnn
@@ -11,17 +12,14 @@ uses it. Both are scored by the same evaluator on the val split. Prints metric, 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from detection_train import train_one_epoch as detection_epoch
 from segmentation_train import train_one_epoch as segmentation_epoch
 
+from cvtool import train
 from cvtool.commands import components as C
 from cvtool.config import runner
 from cvtool.engine.inference import run_inference
@@ -29,16 +27,6 @@ from cvtool.engine.inference import run_inference
 DEFAULT_MODEL = {"detection": "faster_rcnn", "segmentation": "unet"}
 TRAIN_ONE_EPOCH = {"detection": detection_epoch, "segmentation": segmentation_epoch}
 PLAIN = {"segmentation": ["model.aux=false"]}  # the textbook U-Net: no deep supervision
-
-
-def cvtool_run(args: list[str]) -> tuple[dict, float]:
-    """`cvtool train ARGS` in a subprocess; its metrics.json and wall-clock seconds."""
-    with tempfile.TemporaryDirectory() as runs:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cvtool", "train", *args, f"paths.runs={runs}"], check=True,
-                       stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - start
-        return json.loads(next(Path(runs).rglob("metrics.json")).read_text()), seconds
 
 
 def lookup(metrics: dict, dotted: str) -> float:
@@ -79,10 +67,13 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both runs")
     args = parser.parse_args()
     common = [f"task={args.task}", f"model={args.model or DEFAULT_MODEL[args.task]}", *args.overrides]
-    ours, wall = cvtool_run(common)
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as runs:  # (Hydra's log file stays open)
+        start = time.perf_counter()
+        ours = train(common, paths={"runs": runs})
+        wall = time.perf_counter() - start
     metric = ours["metric"]
     print(f"  cvtool train: {metric} {ours['best']:.3f} after {ours['epochs']} epochs "
-          f"(training {ours['train_time_s']:.0f} s, the whole command {wall:.0f} s)", flush=True)
+          f"(training {ours['train_time_s']:.0f} s, the whole call {wall:.0f} s)", flush=True)
     metrics, seconds, lr = plain_run(args.task, common, ours["epochs"], args.lr)
     plain = lookup(metrics, metric)
     print(f"  plain loop:   {metric} {plain:.3f} after {ours['epochs']} epochs (training {seconds:.0f} s, "

@@ -19,10 +19,12 @@ import argparse
 import hashlib
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from quality_vs_plain_loop import cvtool_run
 
 from cvtool.commands import components as C
 from cvtool.config import runner
@@ -85,6 +87,17 @@ def append(path: Path, records: list[dict], record: dict) -> None:
         out.write(json.dumps(record) + "\n")
 
 
+def cvtool_run(args: list[str]) -> tuple[dict, float]:
+    """`cvtool train ARGS` in a subprocess (the whole command is what the time targets bound); its metrics.json
+    and wall-clock seconds."""
+    with tempfile.TemporaryDirectory() as runs:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cvtool", "train", *args, f"paths.runs={runs}"], check=True,
+                       stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        return json.loads(next(Path(runs).rglob("metrics.json")).read_text()), seconds
+
+
 def measure(name: str, precision: str, seed: int, resolved: str, recipe: str) -> dict:
     metrics, seconds = cvtool_run([*DEFAULTS[name].overrides, PRECISIONS[precision], f"seed={seed}"])
     warnings = [w["kind"] for w in metrics.get("warnings", [])]
@@ -137,7 +150,7 @@ def targets(default: Default) -> str:
 
 
 def markdown(records: list[dict], machine: str, recipes: dict[str, str]) -> None:
-    """The summary as a Markdown table (the README's), one row per default and precision."""
+    """The summary as a Markdown table (the one in docs/results.md), one row per default and precision."""
     rows = current(records, machine, recipes)
     print(f"Machine: {machine}\n")
     print("| default | precision | seeds | metric per seed | min | mean | time per run | targets | |")
@@ -162,7 +175,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("runs/benchmarks/recipe_robustness.jsonl"))
     parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
     parser.add_argument("--markdown", action="store_true", help="print the summary of the stored results as the "
-                                                                "README's Markdown table only")
+                                                                "Markdown table of docs/results.md only")
     args = parser.parse_args()
     machine = machine_summary()
     recipes = {name: recipe_id(default) for name, default in DEFAULTS.items()}

@@ -1,17 +1,20 @@
-"""The `cvtool` Typer app: parses argv and hands Hydra overrides to the command modules."""
+"""The `cvtool` Typer app: parses argv and hands Hydra overrides to the Python API (`cvtool.api`)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import typer
 
+from cvtool import __version__, api
 from cvtool.config.locate import GROUPS, group_choices
 from cvtool.errors import CvtoolError, ExitRequest
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train, evaluate, export and explain convolutional networks for computer vision.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the composed configuration.")
@@ -31,10 +34,15 @@ def groups_epilog() -> str:
     return "\n\n".join(lines)
 
 
-def _invoke(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
-    """Import a command module lazily and run it; user errors become one line and exit code 2."""
+def _command(module: str) -> ModuleType:
+    """A command module, imported when its command runs (torch stays out of --help)."""
+    return importlib.import_module(f"cvtool.commands.{module}")
+
+
+def _invoke(call: Callable[[], Any]) -> Any:
+    """Run a command; user errors become one line and exit code 2."""
     try:
-        return getattr(importlib.import_module(f"cvtool.commands.{module}"), function)(*args, **kwargs)
+        return call()
     except CvtoolError as err:
         if _state["debug"]:
             raise
@@ -45,15 +53,23 @@ def _invoke(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
         raise typer.Exit(request.code) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cvtool {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for user errors."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
 
 
 @app.command(epilog=groups_epilog())
 def train(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
     """Train a model (default: classification on the embedded shapes data). resume=PATH|auto continues a run."""
-    _invoke("train", "main", overrides or [], multirun=multirun)
+    _invoke(lambda: api.train(overrides, multirun=multirun))
 
 
 @app.command("eval", epilog=groups_epilog())
@@ -61,14 +77,15 @@ def evaluate(overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> Non
     """Evaluate a model (ckpt=PATH, or model_file=PATH exported by `cvtool export`) or stored predictions
     (predictions=PATH): VOC07/VOC10 AP, COCO via pycocotools, mIoU, top-k. Writes metrics.json (and json=PATH),
     prints the protocol and a table."""
-    _invoke("evaluate", "main", overrides or [], multirun=multirun)
+    _invoke(lambda: api.evaluate(overrides, multirun=multirun))
 
 
 @app.command(epilog=groups_epilog())
 def predict(overrides: list[str] = OVERRIDES) -> None:
     """Run a checkpoint (ckpt=PATH) or an exported model (model_file=PATH.onnx|.pt|.pt2) on source=IMAGE|DIR
-    (default: the eval split); writes result files that `cvtool eval predictions=` reads, and overlay images."""
-    _invoke("predict", "main", overrides or [])
+    (default: the eval split); writes result files that `cvtool eval predictions=` reads, and overlay images.
+    source=VIDEO.mp4|WEBCAM_INDEX|rtsp://URL: annotated.mp4 and frames.jsonl (video.* keys)."""
+    _invoke(lambda: api.predict(overrides))
 
 
 @app.command(epilog=groups_epilog())
@@ -76,7 +93,7 @@ def export(overrides: list[str] = OVERRIDES) -> None:
     """Export a checkpoint (ckpt=PATH) to format=onnx|torchscript|torch_export [opset=18] [dynamic=true]
     [input_size=H,W], verified against the eager model on two inputs (exit code 1 if they differ); writes the file
     and a sidecar JSON of its pre/postprocessing."""
-    _invoke("export", "main", overrides or [])
+    _invoke(lambda: api.export(overrides))
 
 
 @app.command(epilog=groups_epilog())
@@ -86,45 +103,52 @@ def visualize(method: str = typer.Argument(..., help="saliency, guided_backprop,
               overrides: list[str] = OVERRIDES) -> None:
     """Explain a classifier's decisions (ckpt=PATH, source=IMAGE|DIR or the eval split): maps as .npy and PNG,
     one input | map | overlay figure; visualize.evaluate=true scores the maps (pointing game, deletion AUC)."""
-    _invoke("visualize", "main", method, overrides or [])
+    _invoke(lambda: api.visualize(method, overrides))
 
 
 @app.command(epilog=groups_epilog())
 def inspect(overrides: list[str] = OVERRIDES) -> None:
     """Per-layer output shapes, parameters, multiply-adds and receptive fields of model=NAME (or ckpt=PATH) at
     input_size=H,W (default: the task's reference size: 224 classification, 800 detection, 520 segmentation)."""
-    _invoke("inspect_model", "main", overrides or [])
+    _invoke(lambda: api.inspect(overrides))
 
 
 @app.command()
 def models(pattern: str = typer.Argument("*", help="fnmatch pattern, e.g. 'resnet*'"),
            task: str = typer.Option(None, "--task", help="only models of this task")) -> None:
     """List the registered models with their parameter counts."""
-    _invoke("models", "main", pattern, task)
+    _invoke(lambda: _command("models").main(pattern, task))
 
 
 @config_app.command("show", epilog=groups_epilog())
 def config_show(command: str = typer.Argument("train", help="train, eval, predict, ..."),
                 overrides: list[str] = OVERRIDES) -> None:
     """Print the composed config of COMMAND with the given overrides (nothing runs)."""
-    _invoke("config_show", "main", command, overrides or [])
+    _invoke(lambda: _command("config_show").main(command, overrides or []))
 
 
 @data_app.command("synth", epilog=groups_epilog())
 def data_synth(overrides: list[str] = OVERRIDES) -> None:
     """Generate the synthetic shapes dataset of the composed config (e.g. task=detection) under datasets/."""
-    _invoke("data", "synth", overrides or [])
+    _invoke(lambda: _command("data").synth(overrides or []))
 
 
 @data_app.command("check", epilog=groups_epilog())
 def data_check(overrides: list[str] = OVERRIDES) -> None:
     """Read every item of the configured dataset splits and report unreadable/invalid files."""
-    _invoke("data", "check", overrides or [])
+    _invoke(lambda: _command("data").check(overrides or []))
+
+
+@app.command("env")
+def environment(as_json: bool = typer.Option(False, "--json", help="One JSON object instead of aligned text.")) -> None:
+    """Versions (cvtool, Python, torch, CUDA, cuDNN, dependencies) and hardware (CPU flags, GPUs) for a bug
+    report."""
+    _invoke(lambda: _command("environment").main(as_json))
 
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="cvtool")  # also under `python -m cvtool`: the name completion scripts are installed for
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
