@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train test bench lint
+.PHONY: install train test bench lint docs
 
 $(BIN)/cvtool: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,slurm]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,slurm,video,mlflow,docs]'
 	@touch $@
 
 install: $(BIN)/cvtool
@@ -23,3 +23,6 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check cvtool tests benchmarks
+
+docs: install
+	$(BIN)/mkdocs build --strict

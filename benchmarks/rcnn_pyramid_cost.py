@@ -1,6 +1,6 @@
 """What the Faster R-CNN pyramid knobs save on a CPU: one training step (batch of 128 px shapes-sized images, the
 shapes recipe's sampling, GroupNorm, fused AdamW) per variant, timed in one run with the variants interleaved,
-printed as seconds and as a ratio to the shapes recipe. Accuracy of the same variants: README (Faster R-CNN).
+printed as seconds and as a ratio to the shapes recipe. Accuracy of the same variants: docs/results.md (Faster R-CNN).
 
     python benchmarks/rcnn_pyramid_cost.py [--precision fp32|bf16] [--rounds 3] [--steps 3]
 """

@@ -1,5 +1,5 @@
 """Write real small-image datasets bundled with scikit-learn / scikit-image as ImageFolders of grayscale PNGs, to
-measure `dataset=imagefolder` on data like a user's own folder (README "Data"):
+measure `dataset=imagefolder` on data like a user's own folder (docs/data.md):
 
 - digits: scikit-learn's 1,797 handwritten digits, 8x8 (values 0..16 -> 0..255), 10 classes;
 - faces: scikit-image's `lfw_subset`, 100 LFW face crops and 100 non-face patches, 25x25, 2 classes.
