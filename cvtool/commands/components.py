@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvtool.config.errors import missing_value
 from cvtool.data.samplers import ResumableSampler, ShardSampler, class_balanced_weights, item_labels
+from cvtool.data.transforms import MixedBatches, fill_num_classes
 from cvtool.engine.hardware import Hardware, init_distributed, resolve_hardware
 from cvtool.engine.param_groups import parameter_groups
 from cvtool.errors import CvtoolError
@@ -129,32 +130,6 @@ def mixed_collate(dataset, cfg: DictConfig, collate):
     classification_only(cfg, "dataset.batch_transforms", "mix images and their labels")
     fill_num_classes(transform, len(dataset.classes))
     return MixedBatches(collate or torch.utils.data.default_collate, transform)
-
-
-def fill_num_classes(transform, num_classes: int) -> None:
-    """Set num_classes of every MixUp/CutMix inside `transform` (nested Compose/RandomChoice/RandomApply too)."""
-    from torchvision.transforms import v2
-
-    if isinstance(transform, v2.MixUp | v2.CutMix):
-        if transform.num_classes not in (None, num_classes):
-            raise CvtoolError(f"{type(transform).__name__} has num_classes={transform.num_classes} but the dataset "
-                              f"has {num_classes} classes", where="dataset.batch_transforms",
-                              fix="leave num_classes out: it is set from the dataset")
-        transform.num_classes = num_classes
-    for inner in getattr(transform, "transforms", None) or []:
-        fill_num_classes(inner, num_classes)
-
-
-class MixedBatches:
-    """A collate function whose (images, labels) batches pass through a batch transform: images as float32 (MixUp
-    blends pixels), labels come out as class probabilities (soft targets for the cross-entropy)."""
-
-    def __init__(self, collate, transform):
-        self.collate, self.transform = collate, transform
-
-    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.collate(items)
-        return self.transform(images.float(), labels)
 
 
 def limited(dataset, limit: int | None, seed: int):
