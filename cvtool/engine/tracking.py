@@ -12,6 +12,7 @@ import os
 import re
 import time
 from pathlib import Path
+from unittest import mock
 
 from cvtool.errors import CvtoolError
 
@@ -26,7 +27,7 @@ STORE_FIX = "use mlflow.tracking_uri=sqlite:///PATH (a local file) or http://HOS
 
 def import_mlflow():
     """The mlflow package, imported offline (its telemetry off); a missing one is one line naming the install."""
-    with _environment(MLFLOW_DISABLE_TELEMETRY="true"):
+    with mock.patch.dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"):  # for the import only
         try:
             import mlflow
         except ImportError as err:
@@ -38,21 +39,6 @@ def import_mlflow():
             set_telemetry_client()  # drops a client an earlier import of mlflow in this process may have started
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database..."
     return mlflow
-
-
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Set environment variables for the duration of the block only (the user's environment is left as it was)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def mlflow_name(key: str) -> str:
