@@ -132,13 +132,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> None:
-    where = f"{path} [{i}]"
+def check_result_head(r: Any, where: str, images: Any, categories: Any, fix: str) -> None:
+    """A result entry is an object whose image_id and category_id are in the ground truth and whose score is a
+    finite number (what every COCO results type shares); `fix` describes the results format."""
     if not isinstance(r, dict):
-        raise CvtoolError(f"result is a {type(r).__name__}, not an object", where=where, fix=RESULTS_FIX)
+        raise CvtoolError(f"result is a {type(r).__name__}, not an object", where=where, fix=fix)
     for key in ("image_id", "category_id", "score"):
         if key not in r:
-            raise CvtoolError(f"result lacks '{key}'", where=where, fix=RESULTS_FIX)
+            raise CvtoolError(f"result lacks '{key}'", where=where, fix=fix)
     if not _is_id(r["image_id"]) or r["image_id"] not in images:
         raise CvtoolError(f"image_id {r['image_id']!r} is not an image of the ground truth", where=where,
                           fix="evaluate against the annotation file the predictions were made for")
@@ -146,7 +147,12 @@ def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> 
         raise CvtoolError(f"category_id {r['category_id']!r} is not a category of the ground truth", where=where,
                           fix=f"use the ground truth's category ids ({', '.join(map(str, sorted(categories)))})")
     if not _is_number(r["score"]):
-        raise CvtoolError(f"score {r['score']!r} is not a finite number", where=where, fix=RESULTS_FIX)
+        raise CvtoolError(f"score {r['score']!r} is not a finite number", where=where, fix=fix)
+
+
+def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> None:
+    where = f"{path} [{i}]"
+    check_result_head(r, where, images, categories, RESULTS_FIX)
     if "bbox" not in r and "segmentation" not in r:
         raise CvtoolError("result has neither 'bbox' nor 'segmentation'", where=where, fix=RESULTS_FIX)
     if "bbox" in r:
@@ -170,13 +176,18 @@ def _check_result(r: Any, i: int, images: dict, categories: set, path: Path) -> 
                                   "counts as a string (polygons are not results)")
 
 
+def read_result_list(path: str | Path, what: str, fix: str) -> list:
+    """A JSON file holding a list of results (detections, keypoints, person boxes): anything else is refused."""
+    results = read_json(path, what)
+    if not isinstance(results, list):
+        raise CvtoolError(f"results JSON is a {type(results).__name__}, not a list", where=str(path), fix=fix)
+    return results
+
+
 def load_results(path: str | Path, gt: dict) -> list[dict]:
     """A results JSON checked against the ground truth's image and category ids."""
     path = Path(path)
-    results = read_json(path, "COCO results file")
-    if not isinstance(results, list):
-        raise CvtoolError(f"results JSON is a {type(results).__name__}, not a list", where=str(path),
-                          fix=RESULTS_FIX)
+    results = read_result_list(path, "COCO results file", RESULTS_FIX)
     images = {im["id"]: (im["height"], im["width"]) if "height" in im else None for im in gt["images"]}
     categories = {c["id"] for c in gt["categories"]}
     for i, r in enumerate(results):

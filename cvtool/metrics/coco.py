@@ -20,6 +20,7 @@ from cvtool.utils import distributed as dist
 from .base import to_numpy
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")  # COCOeval's order
 IOU_TYPES = ("bbox", "segm")
 RESULT_KEY = {"bbox": "bbox", "segm": "segmentation"}
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -76,21 +77,25 @@ def check_iou_types(results: list[dict], iou_type: str | None, where: str) -> li
 
 
 def _for_type(results: list[dict], iou_type: str) -> list[dict]:
-    drop = "segmentation" if iou_type == "bbox" else "bbox"
-    return [{k: copy.copy(v) for k, v in r.items() if k != drop} for r in results]
+    """Copies without the keys that would make loadRes read them as another type (it checks bbox, then
+    segmentation, then keypoints) and so take their area from the wrong geometry."""
+    drop = {"bbox": ("segmentation",), "segm": ("bbox",), "keypoints": ("bbox", "segmentation")}[iou_type]
+    return [{k: copy.copy(v) for k, v in r.items() if k not in drop} for r in results]
 
 
 def category_ap(precision: np.ndarray, k: int) -> float | None:
-    """AP of category k at all areas, 100 detections: mean precision over IoU and recall thresholds."""
+    """AP of category k at all areas, the most detections (100; keypoints: 20): mean precision over IoU (OKS) and
+    recall thresholds."""
     values = precision[:, :, k, 0, -1]
     values = values[values > -1]
     return float(values.mean()) if values.size else None
 
 
 def coco_metrics(gt, results: list[dict], iou_types: list[str], backend: str = "pycocotools",
-                 curves: dict | None = None) -> dict:
+                 curves: dict | None = None, sigmas: list[float] | None = None) -> dict:
     """{iou_type: {AP, AP50, ..., ARl, per_category_AP}} with -1 (undefined) reported as null. `curves`, when
-    given, receives each category's precision at COCO's 101 recall points at IoU 0.5 (first iou type)."""
+    given, receives each category's precision at COCO's 101 recall points at IoU 0.5 (first iou type).
+    iou_type "keypoints" scores OKS with the per-keypoint `sigmas` (COCOeval's kpt_oks_sigmas)."""
     _, evaluator_cls = _engine(backend)
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics = {}
@@ -98,16 +103,20 @@ def coco_metrics(gt, results: list[dict], iou_types: list[str], backend: str = "
         with quiet():
             detections = gt.loadRes(_for_type(results, iou_type)) if results else _empty_results(gt, backend)
             evaluator = evaluator_cls(gt, detections, iou_type)
+            if iou_type == "keypoints":
+                evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        stats = {name: (float(v) if v > -1 else None) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        stat_names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+        stats = {name: (float(v) if v > -1 else None) for name, v in zip(stat_names, evaluator.stats)}
         precision = np.asarray(evaluator.eval["precision"])
         stats["per_category_AP"] = {names[c]: category_ap(precision, k)
                                     for k, c in enumerate(evaluator.params.catIds)}
         if curves is not None and not curves:
             recall = np.asarray(evaluator.params.recThrs)
-            curves.update({f"{names[c]} (IoU 0.5)": (recall, precision[0, :, k, 0, -1])
+            overlap = "OKS" if iou_type == "keypoints" else "IoU"
+            curves.update({f"{names[c]} ({overlap} 0.5)": (recall, precision[0, :, k, 0, -1])
                            for k, c in enumerate(evaluator.params.catIds) if precision[0, 0, k, 0, -1] > -1})
         metrics[iou_type] = stats
     return metrics
@@ -150,7 +159,11 @@ class CocoEvaluator:
 
     def process(self, inputs: dict, outputs: list[dict]) -> None:
         for image_id, output in zip(inputs["image_id"], outputs, strict=True):
-            self.results.extend(model_results(image_id, output, self.category_ids))
+            self.results.extend(self.image_results(image_id, output))
+
+    def image_results(self, image_id: Any, output: dict) -> list[dict]:
+        """The COCO results of one image's model output."""
+        return model_results(image_id, output, self.category_ids)
 
     def protocol(self) -> str:
         return (f"COCO AP@[.50:.05:.95], AP50, AP75, AR@1/10/100, small/medium/large ({'+'.join(self.iou_types)}) "
