@@ -52,7 +52,7 @@ def check(overrides: list[str]) -> dict:
                 console.print(f"[red]bad[/red] {escape(err.line())}")
         console.print(escape(f"{split}: {len(dataset)} items, {len(dataset.classes)} classes ({dataset.source})"))
         if getattr(dataset, "files", None):
-            files[split] = list(dataset.files)
+            files[split] = list(dict.fromkeys(dataset.files))  # (person crops share their image's file)
     if files:
         print_image_statistics(console, cfg, files)
     if settings is not None:

@@ -50,7 +50,10 @@ def evaluate_stored(cfg: DictConfig) -> Evaluation:
             return coco_detection(cfg)
         raise CvtoolError(f"dataset kind {kind!r} has no detection ground truth", where=f"dataset={cfg.dataset.name}",
                           fix="use dataset=voc, coco, shapes_det or shapes_coco")
-    raise CvtoolError(f"unknown task {task!r}", where="task", fix="use task=classification, detection or segmentation")
+    if task == "keypoints":
+        return keypoints(cfg)
+    raise CvtoolError(f"unknown task {task!r}", where="task",
+                      fix="use task=classification, detection, segmentation or keypoints")
 
 
 def dataset_classes(dataset: Mapping, count: int, key: str = "classes") -> list[str]:
@@ -121,6 +124,24 @@ def coco_detection(cfg: DictConfig) -> Evaluation:
     evaluator.results = results
     return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
                       str(cfg.predictions), curves=evaluator.curves, detections=analysis_input(cfg, evaluator))
+
+
+def keypoints(cfg: DictConfig) -> Evaluation:
+    """A COCO keypoint results JSON against dataset.ann_file: OKS-AP with dataset.sigmas and PCK."""
+    from cvtool.data.coco_keypoints import load_keypoint_instances
+    from cvtool.data.keypoint_results import load_keypoint_results
+    from cvtool.metrics.keypoints import KeypointEvaluator
+
+    prepared_root(cfg.dataset)
+    gt_data = load_keypoint_instances(cfg.dataset.ann_file)
+    categories = sorted(gt_data["categories"], key=lambda c: c["id"])
+    names = next((list(c["keypoints"]) for c in categories if c.get("keypoints")), [])
+    sigmas = cfg.dataset.get("sigmas")  # a dataset config without the key gets the same "no sigmas" error
+    sigmas = None if sigmas is None else list(sigmas)
+    evaluator = KeypointEvaluator(gt_data, sigmas, cfg.task.pck_threshold, names, cfg.backend)
+    evaluator.results = load_keypoint_results(cfg.predictions, gt_data)
+    return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
+                      str(cfg.predictions), curves=evaluator.curves)
 
 
 def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -22,7 +22,7 @@ from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
 from cvtool.exporting.formats import SUFFIX, load_runner, onnx_opset, write
-from cvtool.exporting.graphs import Graph, export_graph, nms_settings
+from cvtool.exporting.graphs import NORMALISED_KINDS, Graph, export_graph, nms_settings
 from cvtool.exporting.runtime import sidecar_path
 from cvtool.exporting.verify import Check, as_detections, dense_check, detection_check, shape_name
 from cvtool.models.yolo import select_detections
@@ -61,10 +61,11 @@ def samples(cfg: DictConfig, task, graph: Graph, class_names: list[str]) -> tupl
     """(the example input the graph is exported with, the inputs it is verified on). Dynamic exports are checked
     at a second batch size (classifiers: their input size is fixed by the preprocessing) or at a second image
     size; static ones on two different images."""
-    height, width = size = input_size(cfg, cfg.dataset.image_size)
+    crop = list(cfg.task.input_size) if graph.kind == "heatmap" else None  # top-down pose: the person crop's size
+    height, width = size = input_size(cfg, crop or cfg.dataset.image_size)
     other = (max(32, round(height * 0.75)), max(32, round(width * 1.25)))
     images = _images(cfg, task, class_names, 3, size)
-    if graph.kind in ("classifier", "segmenter"):  # normalised as the task's preprocess does
+    if graph.kind in NORMALISED_KINDS:  # normalised as the task's preprocess does
         images = task.normalise(images * 255, CPU)
     resized = F.interpolate(images[1:3], other, mode="bilinear")
     if not cfg.dynamic:
@@ -91,7 +92,7 @@ def verify(graph: Graph, written_path: Path, inputs: list[torch.Tensor], cfg: Di
         if graph.kind == "detector":
             checks.append(detection_check(name, as_detections(reference, graph.outputs),
                                           as_detections(exported, graph.outputs), tol.match_score, tol.box_atol,
-                                          tol.score_atol))
+                                          tol.score_atol, tol.keypoint_atol))
             continue
         check = dense_check(name, reference, exported, tol.atol, tol.rtol)
         if graph.kind == "dense_detector" and check.passed:  # and the detections NMS keeps from them
@@ -110,7 +111,7 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
     """What a deployment needs besides the graph: classes, pre/postprocessing, names, and how it was verified."""
     dynamic = bool(cfg.dynamic)
     shape = [graph.free_axes.get(i, s) if dynamic else s for i, s in enumerate(example.shape)]
-    normalised = graph.kind in ("classifier", "segmenter")
+    normalised = graph.kind in NORMALISED_KINDS
     if normalised:
         mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
     else:  # detectors normalise inside with their own statistics (torchvision's transform, YOLO's buffers)
@@ -144,9 +145,13 @@ def _postprocess(graph: Graph, model) -> dict:
         return {"logits": "softmax over classes"}
     if graph.kind == "segmenter":
         return {"logits": "argmax over classes (axis 1) = class index per pixel"}
+    if graph.kind == "heatmap":
+        return {"heatmaps": "one map per keypoint at 1/4 of the crop's size: its argmax x 4 = the keypoint in the crop"}
     if graph.kind == "detector":
+        keypoints = {"keypoints": "x, y in input pixels, 1 per keypoint", "keypoints_scores": "heatmap logit per "
+                     "keypoint"} if "keypoints" in graph.outputs else {}
         return {"boxes": "xyxy in input pixels", "scores": "confidence",
-                "labels": f"class index + {getattr(model, 'label_offset', 0)} (label_offset)"}
+                "labels": f"class index + {getattr(model, 'label_offset', 0)} (label_offset)", **keypoints}
     return {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
             "select": nms_settings(model)}
 

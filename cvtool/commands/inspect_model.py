@@ -48,10 +48,11 @@ def build(cfg: DictConfig) -> tuple[torch.nn.Module, str]:
     return model, f"{cfg.model.name} ({num_classes} classes)"
 
 
-def probe(task: str, channels: int, size: tuple[int, int]):
-    """A probe input as the task's models take it: a batch of one, or a list of one image for detectors."""
+def probe(task: str, channels: int, size: tuple[int, int], model: torch.nn.Module | None = None):
+    """A probe input as the task's models take it: a batch of one, or a list of one image for detectors
+    (torchvision's R-CNNs of any task, Keypoint R-CNN included)."""
     image = torch.rand(channels, *size)
-    return [image] if task == "detection" else image[None]
+    return [image] if task == "detection" or hasattr(model, "roi_heads") else image[None]
 
 
 def _count(n: int) -> str:
@@ -86,7 +87,8 @@ def inspect(cfg: DictConfig) -> Summary:
     size = input_size(cfg)
     model, title = build(cfg)
     try:
-        summary = summarize(model.cpu(), probe(cfg.task.name, cfg.dataset.channels, size), depth=cfg.inspect.depth)
+        summary = summarize(model.cpu(), probe(cfg.task.name, cfg.dataset.channels, size, model),
+                            depth=cfg.inspect.depth)
     except RuntimeError as err:
         raise CvtoolError(f"{title} does not run on a {size[0]}x{size[1]} input: {str(err).splitlines()[0]}",
                           where="input_size", fix="give an input size the model takes, e.g. input_size=224,224"

@@ -9,7 +9,7 @@ from rich.table import Table
 from cvtool.errors import CvtoolError
 from cvtool.models import count_parameters, create_model, list_models, model_info
 
-CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21}  # ImageNet, COCO, VOC
+CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21, "keypoints": 1}  # ImageNet, COCO, VOC, person
 
 
 def parameter_count(name: str) -> int:

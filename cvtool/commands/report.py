@@ -53,6 +53,23 @@ def coco_table(metrics: dict, class_names: list[str], title: str) -> Table:
     return table
 
 
+def keypoints_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    """OKS-AP per category, the 10 COCO keypoint numbers, then PCK per keypoint and its mean."""
+    table = _table(title, "", "value")
+    oks, pck = metrics["keypoints"], metrics["pck"]
+    for name, ap in oks["per_category_AP"].items():
+        table.add_row(escape(f"AP {name}"), _fmt(ap))
+    table.add_section()
+    for stat in [k for k in oks if k != "per_category_AP"]:
+        style = "[bold]" if stat == "AP" else ""
+        table.add_row(f"{style}OKS {stat}", f"{style}{_fmt(oks[stat])}")
+    table.add_section()
+    for name, value in pck["per_keypoint"].items():
+        table.add_row(escape(f"PCK {name}"), _fmt(value))
+    table.add_row(f"[bold]PCK@{pck['threshold']:g} mean", f"[bold]{_fmt(pck['mean'])}")
+    return table
+
+
 def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Table:
     table = _table(title, "class", "IoU", "accuracy")
     for name, iou, acc in zip(class_names, metrics["per_class_iou"], metrics["per_class_acc"]):
@@ -82,11 +99,13 @@ def tide_table(analysis: dict, title: str) -> Table:
 
 
 def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
-    """The table matching the metrics' kind (classification, VOC, COCO or segmentation)."""
+    """The table matching the metrics' kind (classification, VOC, COCO, keypoints or segmentation)."""
     if "voc07" in metrics:
         return voc_table(metrics, class_names, title)
     if "bbox" in metrics or "segm" in metrics:
         return coco_table(metrics, class_names, title)
+    if "pck" in metrics:
+        return keypoints_table(metrics, class_names, title)
     if "mIoU" in metrics:
         return segmentation_table(metrics, class_names, title)
     return classification_table(metrics, class_names, title)

@@ -199,6 +199,22 @@ def explained_box(model, x: torch.Tensor, class_names: list[str]):
     return scorer, target, f"{class_names[target]} {float(detections['scores'][top]):.2f} [{corners}]"
 
 
+def explained_joint(cfg: DictConfig, model, x: torch.Tensor, task, dataset):
+    """Top-down pose: (scorer, joint, title) for visualize.target (a joint name or index; default: the joint whose
+    heatmap peaks highest) of one person crop."""
+    if not task.top_down:
+        raise CvtoolError("joint attributions read a heatmap network's heatmaps; Keypoint R-CNN's come per RoI",
+                          where=str(cfg.ckpt), fix="explain a model=pose_heatmap checkpoint (or its detector's boxes "
+                          "with a detection model)")
+    scorer = attribution.JointScores(model)
+    names = list(dataset.keypoint_names)
+    target = class_index(cfg, names)
+    with torch.no_grad():
+        peaks = scorer(x)[0]
+    target = int(peaks.argmax()) if target is None else target
+    return scorer, target, f"{names[target]} {float(peaks[target]):.2f}"
+
+
 def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: list[str], hardware,
                       out: Path) -> dict:
     """An attribution map per image of a segmenter's class region (`explained_region`) or a detector's top box
@@ -211,6 +227,9 @@ def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: li
         if task.name == "segmentation":
             x = task.normalise(image[None], hardware).contiguous()
             scorer, target, title = explained_region(cfg, model, x, class_names)
+        elif task.name == "keypoints":
+            x = task.normalise(image[None], hardware).contiguous()
+            scorer, target, title = explained_joint(cfg, model, x, task, dataset)
         else:  # torchvision-style detectors normalise [0, 1] images themselves
             x = image[None].to(hardware.device).float().div(255)
             scorer, target, title = explained_box(model, x, class_names)

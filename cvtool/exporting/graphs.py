@@ -2,9 +2,10 @@
 
 - classifiers: a batch of normalised images -> logits (the batch is free; the size is the training size);
 - segmenters: a batch of normalised images of any size -> logits (in eval mode both give only the main logits);
-- torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks); the model resizes and
-  normalises inside, as in eager mode. Their data-dependent shapes need TorchScript or the TorchScript-based
-  ONNX exporter;
+- our pose network (task keypoints): a batch of normalised person crops of any size -> heatmaps (the last stack's);
+- torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks, or keypoints and their
+  scores for Keypoint R-CNN); the model resizes and normalises inside, as in eager mode. Their data-dependent
+  shapes need TorchScript or the TorchScript-based ONNX exporter;
 - our YOLO: a batch of [0, 1] images -> every prediction's boxes and confidences; thresholding and NMS run after
   the graph (`yolo.select_detections`), so the graph has fixed shapes and exports to every format.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
+NORMALISED_KINDS = ("classifier", "segmenter", "heatmap")  # graphs of normalised batches (the rest take [0, 1] pixels)
 
 
 class MainLogits(nn.Module):
@@ -33,20 +35,19 @@ class MainLogits(nn.Module):
 
 
 class SingleImageDetector(nn.Module):
-    """A torchvision detector on one image: (3, H, W) in [0, 1] -> boxes, scores, labels (+ masks) tensors."""
+    """A torchvision detector on one image: (3, H, W) in [0, 1] -> its detections' `outputs` tensors (boxes, scores,
+    labels, + masks or keypoints, keypoints_scores)."""
 
-    def __init__(self, model: nn.Module, with_masks: bool):
+    def __init__(self, model: nn.Module, outputs: list[str]):
         super().__init__()
-        self.model, self.with_masks = model, with_masks
+        self.model, self.outputs = model, outputs
 
     def forward(self, image: Tensor) -> list[Tensor]:
         if torch.jit.is_scripting():  # scripted torchvision detectors return (losses, detections)
             detections = self.model([image])[1][0]
         else:
             detections = self.model([image])[0]
-        if self.with_masks:
-            return [detections["boxes"], detections["scores"], detections["labels"], detections["masks"]]
-        return [detections["boxes"], detections["scores"], detections["labels"]]
+        return [detections[name] for name in self.outputs]
 
 
 class DenseDetections(nn.Module):
@@ -71,7 +72,7 @@ class Graph:
     """The exported module and its interface (recorded in the sidecar JSON)."""
 
     module: nn.Module
-    kind: str  # classifier | segmenter | detector | dense_detector
+    kind: str  # classifier | segmenter | heatmap | detector | dense_detector
     outputs: list[str]
     free_axes: dict[int, str]  # the input's dynamic axes (with dynamic=true)
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -95,12 +96,16 @@ def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph
             return Graph(module, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
         axes = {0: "batch", 2: "height", 3: "width"}
         return Graph(module, "segmenter", ["logits"], axes, {"logits": axes})
+    if task == "keypoints" and not hasattr(model, "roi_heads"):  # our pose network (Keypoint R-CNN has RoI heads)
+        axes = {0: "batch", 2: "height", 3: "width"}
+        return Graph(model, "heatmap", ["heatmaps"], axes, {"heatmaps": axes})
     if hasattr(model, "dense_detections"):
         axes = {"boxes": {0: "batch", 1: "predictions"}, "scores": {0: "batch", 1: "predictions"}}
         return Graph(DenseDetections(model).eval(), "dense_detector", ["boxes", "scores"],
                      {0: "batch", 2: "height", 3: "width"}, axes)
-    outputs = ["boxes", "scores", "labels", *(["masks"] if with_masks else [])]
-    return Graph(SingleImageDetector(model, with_masks).eval(), "detector", outputs, {1: "height", 2: "width"},
+    outputs = ["boxes", "scores", "labels", *(["masks"] if with_masks else []),
+               *(["keypoints", "keypoints_scores"] if task == "keypoints" else [])]
+    return Graph(SingleImageDetector(model, outputs).eval(), "detector", outputs, {1: "height", 2: "width"},
                  {name: {0: "detections"} for name in outputs}, onnx_exporters=("legacy",), batched=False,
                  note="torchvision's detectors have data-dependent shapes (proposals, NMS) that torch.export "
                       "cannot capture")

@@ -1,5 +1,6 @@
 """An exported file behind the eager model's interface, so `predict`/`eval` reuse the task adapters unchanged: a
-batch -> logits (classifiers, segmenters), a list of [0, 1] images -> per-image detection dicts (detectors)."""
+batch -> logits (classifiers, segmenters) or heatmaps (the pose network), a list of [0, 1] images -> per-image
+detection dicts (detectors, with keypoints for Keypoint R-CNN)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from cvtool.errors import CvtoolError
 
 from .formats import Runner, load_runner
+from .graphs import NORMALISED_KINDS
 
 
 def sidecar_path(model_file: str | Path) -> Path:
@@ -71,7 +73,7 @@ class ExportedModel(nn.Module):
         if self.kind == "classifier" and list(images.shape[-2:]) != self.input_shape[-2:]:
             # the sidecar's preprocessing: classifiers take their exported size only
             images = F.interpolate(images.float(), self.input_shape[-2:], mode="bilinear", antialias=True)
-        if self.kind in ("classifier", "segmenter"):
+        if self.kind in NORMALISED_KINDS:
             return self._batched(images)[0]
         if self.kind == "detector":
             return [dict(zip(self.outputs, self._run(image))) for image in images]

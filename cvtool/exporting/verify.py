@@ -1,5 +1,5 @@
 """Numerical verification of an exported file against the eager model: dense outputs by max |difference|, detections
-by matching boxes, scores and labels."""
+by matching boxes, scores and labels (and comparing the matched detections' keypoints)."""
 
 from __future__ import annotations
 
@@ -54,14 +54,14 @@ def _partner(a: dict, i: int, b: dict, box_atol: float) -> tuple[int, float] | N
 
 
 def _one_way(a: dict, b: dict, min_score: float, box_atol: float,
-             score_atol: float) -> tuple[int, int, int, float, float]:
+             score_atol: float) -> tuple[int, int, int, float, float, float]:
     """Of a's detections scoring >= min_score: how many have a partner in b, how many of the others sit at b's
     score cut-off (scoring no more than b's lowest + score_atol: the last places of a top-k or a threshold, where
     a last-digit difference may swap detections), and the largest box-corner and score (and mask probability)
-    differences to the partners."""
+    differences to the partners, and their largest keypoint x/y difference (0 without keypoints)."""
     confident = (a["scores"] >= min_score).nonzero().flatten().tolist()
     floor = float(b["scores"].min()) if len(b["scores"]) else float("-inf")
-    matched, at_cutoff, box_diff, score_diff = 0, 0, 0.0, 0.0
+    matched, at_cutoff, box_diff, score_diff, keypoint_diff = 0, 0, 0.0, 0.0, 0.0
     for i in confident:
         partner = _partner(a, i, b, box_atol)
         if partner is None:
@@ -73,22 +73,29 @@ def _one_way(a: dict, b: dict, min_score: float, box_atol: float,
         score_diff = max(score_diff, float((a["scores"][i] - b["scores"][j]).abs()))
         if "masks" in a and "masks" in b:  # mask probabilities count as scores
             score_diff = max(score_diff, float((a["masks"][i].float() - b["masks"][j].float()).abs().max()))
-    return matched, at_cutoff, len(confident), box_diff, score_diff
+        if "keypoints" in a and "keypoints" in b:  # (x, y, visibility) per keypoint: the positions, in px
+            moved = (a["keypoints"][i, :, :2].float() - b["keypoints"][j, :, :2].float()).abs()
+            keypoint_diff = max(keypoint_diff, float(moved.max()) if moved.numel() else 0.0)
+    return matched, at_cutoff, len(confident), box_diff, score_diff, keypoint_diff
 
 
 def detection_check(sample: str, reference: dict, exported: dict, min_score: float, box_atol: float,
-                    score_atol: float) -> Check:
+                    score_atol: float, keypoint_atol: float | None = None) -> Check:
     """Every detection scoring >= min_score on either side has a same-label partner on the other within box_atol
-    px and score_atol, apart from detections at the other side's score cut-off."""
+    px and score_atol, apart from detections at the other side's score cut-off; with keypoint_atol, the partners'
+    keypoints lie within keypoint_atol px of each other."""
     reference = {k: v.detach().cpu() for k, v in reference.items()}
     exported = {k: v.detach().cpu() for k, v in exported.items()}
-    m1, c1, n1, box1, score1 = _one_way(reference, exported, min_score, box_atol, score_atol)
-    m2, c2, n2, box2, score2 = _one_way(exported, reference, min_score, box_atol, score_atol)
-    box_diff, score_diff = max(box1, box2), max(score1, score2)
+    m1, c1, n1, box1, score1, kp1 = _one_way(reference, exported, min_score, box_atol, score_atol)
+    m2, c2, n2, box2, score2, kp2 = _one_way(exported, reference, min_score, box_atol, score_atol)
+    box_diff, score_diff, keypoint_diff = max(box1, box2), max(score1, score2), max(kp1, kp2)
     passed = m1 + c1 == n1 and m2 + c2 == n2 and box_diff <= box_atol and score_diff <= score_atol
     cutoff = f" ({c1 + c2} at the score cut-off)" if c1 + c2 else ""
     detail = (f"{m1}/{n1} eager detections matched, {m2}/{n2} back{cutoff}; max box diff {box_diff:.2e} px "
               f"(tolerance {box_atol:g}), max score diff {score_diff:.2e} (tolerance {score_atol:g})")
+    if keypoint_atol is not None and "keypoints" in reference:
+        passed = passed and keypoint_diff <= keypoint_atol
+        detail += f", max keypoint diff {keypoint_diff:.2e} px (tolerance {keypoint_atol:g})"
     return Check(sample, passed, detail, box_diff)
 
 

@@ -8,6 +8,7 @@ from cvtool.models import (  # noqa: F401  (imported for registration)
     dilated,
     fcn8s,
     lenet,
+    pose_heatmap,
     se_resnet,
     segnet,
     small_cnn,

@@ -14,7 +14,7 @@ from cvtool.errors import CvtoolError
 from cvtool.models.freezing import freeze as apply_freeze
 from cvtool.models.weights import is_weights_file, load_weights_file
 
-TASKS = ("classification", "detection", "segmentation")
+TASKS = ("classification", "detection", "segmentation", "keypoints")
 # Every builder takes these; everything else it accepts is a model-specific keyword argument.
 _COMMON_ARGS = ("num_classes", "in_channels", "weights")
 
@@ -22,7 +22,7 @@ _COMMON_ARGS = ("num_classes", "in_channels", "weights")
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    task: str  # "classification" | "detection" | "segmentation"
+    task: str  # "classification" | "detection" | "segmentation" | "keypoints"
     builder: Callable[..., nn.Module]
     min_size: int  # smallest square input side that works
     description: str
@@ -79,12 +79,13 @@ def create_model(
     num_classes: int,
     in_channels: int = 3,
     weights: str | None = None,
-    input_size: int | None = None,
+    input_size: int | list[int] | tuple[int, int] | None = None,
     freeze: str | int | list | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """Build ``name``. ``weights``: a pretrained-weights name or a local file; ``input_size`` is checked;
-    ``freeze``: `model.freeze`, applied after the weights are loaded (cvtool.models.freezing)."""
+    """Build ``name``. ``weights``: a pretrained-weights name or a local file; ``input_size`` (a side or (H, W)) is
+    checked, and passed on to builders that take it (their smallest input depends on their options); ``freeze``:
+    `model.freeze`, applied after the weights are loaded (cvtool.models.freezing)."""
     info = model_info(name)
     accepted = builder_kwargs(name)
     for key in kwargs:
@@ -93,12 +94,15 @@ def create_model(
                 f"model {name} has no option {key!r}",
                 fix=f"{info.builder.__name__} accepts: {', '.join(sorted(accepted)) or 'no options'}",
             )
-    if input_size is not None and input_size < info.min_size:
+    side = min(input_size) if isinstance(input_size, list | tuple) else input_size
+    if side is not None and side < info.min_size:
         raise CvtoolError(
             f"model {name} needs inputs of at least {info.min_size} px, got {input_size}",
             fix="use a larger dataset image size (dataset.image_size=...) or another model, "
             "e.g. resnet18 with model.small_input=true",
         )
+    if accepted is not None and "input_size" in accepted:
+        kwargs["input_size"] = input_size
     if weights is not None and is_weights_file(weights):
         model = info.builder(num_classes, in_channels, None, **kwargs)
         load_weights_file(model, weights)

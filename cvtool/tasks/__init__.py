@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cvtool.errors import CvtoolError
 
-AVAILABLE = ("classification", "detection", "segmentation")
+AVAILABLE = ("classification", "detection", "segmentation", "keypoints")
 
 
 def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
@@ -23,6 +23,10 @@ def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | N
         from .segmentation import SegmentationTask
 
         return SegmentationTask(task_cfg, dataset_cfg, model_cfg)
+    if name == "keypoints":
+        from .keypoints import KeypointsTask
+
+        return KeypointsTask(task_cfg, dataset_cfg, model_cfg)
     raise CvtoolError(f"unknown task '{name}'", where=f"task={name}", fix=f"choose one of: {', '.join(AVAILABLE)}")
 
 

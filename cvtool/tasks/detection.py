@@ -28,6 +28,20 @@ def label_offset(model: torch.nn.Module) -> int:
     return getattr(getattr(model, "module", model), "label_offset", 0)
 
 
+def checked_loss_weights(task_cfg: dict, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """task.loss_weights, checked against the names of the model's losses (torchvision's loss dicts)."""
+    weights = task_cfg.get("loss_weights") or {}
+    for name, weight in weights.items():
+        if name not in losses:
+            problem = f"unknown loss {name!r}"
+        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            problem = f"the weight of {name} must be a number >= 0, got {weight!r}"
+        else:
+            continue
+        raise CvtoolError(problem, where="task.loss_weights", fix=f"weigh this model's losses: {', '.join(losses)}")
+    return weights
+
+
 class DetectionTask:
     name = "detection"
     # Inference in full precision even when training uses AMP (as torchvision's reference evaluates): boxes
@@ -122,23 +136,10 @@ class DetectionTask:
         offset = label_offset(model)
         targets = [{**t, "labels": t["labels"] + offset} for t in batch["targets"]]
         losses = model(batch["images"], targets)
-        weights = self.loss_weights(losses)
+        weights = checked_loss_weights(self.cfg, losses)
         return {"loss": sum(v * weights.get(k, 1.0) for k, v in losses.items()),
                 **{k: v.detach() for k, v in losses.items()},
                 "removed_boxes": torch.tensor(float(self.removed_boxes))}
-
-    def loss_weights(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """task.loss_weights, checked against the names of the model's losses."""
-        weights = self.cfg.get("loss_weights") or {}
-        for name, weight in weights.items():
-            if name not in losses:
-                problem = f"unknown loss {name!r}"
-            elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                problem = f"the weight of {name} must be a number >= 0, got {weight!r}"
-            else:
-                continue
-            raise CvtoolError(problem, where="task.loss_weights", fix=f"weigh this model's losses: {', '.join(losses)}")
-        return weights
 
     def inference_step(self, model: torch.nn.Module, batch: dict) -> list[dict]:
         offset = label_offset(model)

@@ -133,10 +133,11 @@ def deconvnet(model, images, targets, opts: Options) -> tuple[Tensor, Tensor]:
 
 
 def explained_layer(model: nn.Module, opts: Options) -> nn.Module:
-    """opts.layer (default: the last conv block) of the explained network; a wrapper's (RegionScores, BoxScores)
-    is its model's."""
-    explained = model.model if isinstance(model, (RegionScores, BoxScores)) else model
-    return module_named(explained, opts.layer or last_conv_block(explained))
+    """opts.layer (default: the network's `explained_layer` where it names one, else the last conv block) of the
+    explained network; a wrapper's (RegionScores, BoxScores, JointScores) is its model's."""
+    explained = model.model if isinstance(model, (RegionScores, BoxScores, JointScores)) else model
+    return module_named(explained, opts.layer or getattr(explained, "explained_layer", None)
+                        or last_conv_block(explained))
 
 
 def gradcam(model, images, targets, opts: Options) -> tuple[Tensor, None]:
@@ -236,6 +237,18 @@ class BoxScores(nn.Module):
             rows.append(x.new_zeros(self.num_classes).index_put((torch.tensor([label], device=x.device),),
                                                                 score.reshape(1)))
         return torch.stack(rows)
+
+
+class JointScores(nn.Module):
+    """A heatmap pose network seen as a classifier of its joints: per joint, the peak of its heatmap (B x K), so
+    attributions explain "where the network finds this joint"."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x).amax(dim=(2, 3))
 
 
 METHODS: dict[str, Callable] = {
