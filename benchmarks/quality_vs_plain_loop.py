@@ -7,6 +7,7 @@ Prints metric, time and the ratio (target >= 1).
 
     python benchmarks/quality_vs_plain_loop.py segmentation [--model unet] [--lr 1e-3] [overrides ...]
     python benchmarks/quality_vs_plain_loop.py detection --model faster_rcnn
+    python benchmarks/quality_vs_plain_loop.py keypoints --model pose_heatmap   (or --model keypoint_rcnn)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 
 import torch
 from detection_train import train_one_epoch as detection_epoch
+from keypoints_train import train_one_epoch as keypoints_epoch
 from segmentation_train import train_one_epoch as segmentation_epoch
 
 from cvtool import train
@@ -24,8 +26,8 @@ from cvtool.commands import components as C
 from cvtool.config import runner
 from cvtool.engine.inference import run_inference
 
-DEFAULT_MODEL = {"detection": "faster_rcnn", "segmentation": "unet"}
-TRAIN_ONE_EPOCH = {"detection": detection_epoch, "segmentation": segmentation_epoch}
+DEFAULT_MODEL = {"detection": "faster_rcnn", "segmentation": "unet", "keypoints": "pose_heatmap"}
+TRAIN_ONE_EPOCH = {"detection": detection_epoch, "segmentation": segmentation_epoch, "keypoints": keypoints_epoch}
 PLAIN = {"segmentation": ["model.aux=false"]}  # the textbook U-Net: no deep supervision
 
 
