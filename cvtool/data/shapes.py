@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from cvtool.data.identity_glyphs import generate_identities
 from cvtool.data.index_png import VOC_PALETTE, voc_palette, write_index_png
 from cvtool.data.shapes_draw import SHAPE_CLASSES, Scene, render_scene
 from cvtool.data.stick_figures import generate_keypoints
@@ -274,7 +275,8 @@ def generate_devkit(root: Path, *, num_train: int, num_val: int, image_size: int
 
 
 _GENERATORS: dict[str, Callable[..., Path]] = {
-    "classification": generate_classification, "devkit": generate_devkit, "keypoints": generate_keypoints}
+    "classification": generate_classification, "devkit": generate_devkit, "keypoints": generate_keypoints,
+    "identities": generate_identities}
 
 
 def _marker(kind: str, params: dict[str, Any]) -> dict[str, Any]:
