@@ -89,7 +89,7 @@ def loader(dataset, cfg: DictConfig, hardware: Hardware, *, train: bool) -> torc
             else None
         sampler = ResumableSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
                                    seed=cfg.seed, groups=groups, batch_size=batch_size,
-                                   weights=sampling_weights(dataset, cfg))
+                                   weights=sampling_weights(dataset, cfg), identities=identity_sampling(dataset, cfg))
         collate = mixed_collate(dataset, cfg, collate)
     else:
         sampler = ShardSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank())
@@ -112,13 +112,34 @@ def classification_only(cfg: DictConfig, key: str, what: str,
 
 def sampling_weights(dataset, cfg: DictConfig) -> list[float] | None:
     """data.sampler=balanced: per-item weights 1 / (items of its class); null: uniform shuffling (None)."""
-    if cfg.data.sampler is None:
+    if cfg.data.sampler in (None, "identities"):
         return None
     if cfg.data.sampler != "balanced":
         raise CvtoolError(f"unknown data.sampler {cfg.data.sampler!r}", where="data.sampler",
-                          fix="data.sampler=balanced, or null (every item once per epoch)")
+                          fix="data.sampler=balanced or identities (P×K, task=embedding), or null (every item "
+                              "once per epoch)")
     classification_only(cfg, "data.sampler=balanced", "draws images by their class label")
     return class_balanced_weights(item_labels(dataset))
+
+
+def identity_sampling(dataset, cfg: DictConfig) -> tuple[list[int], int, int] | None:
+    """data.sampler=identities: (item labels, P = batch_size / K, K = data.images_per_identity) for P×K batches;
+    identities with fewer than K images are skipped with a count (an error when fewer than P remain)."""
+    if cfg.data.sampler != "identities":
+        return None
+    if cfg.task.name != "embedding":
+        raise CvtoolError(f"data.sampler=identities draws P identities x K images: task=embedding only, not "
+                          f"{cfg.task.name}", where="data.sampler", fix="drop data.sampler=identities")
+    from cvtool.data.identity_sets import trainable_identities
+
+    k = cfg.data.images_per_identity
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or cfg.data.batch_size % k:
+        raise CvtoolError(f"data.images_per_identity={k!r} must be an integer >= 2 dividing data.batch_size="
+                          f"{cfg.data.batch_size}", where="data.images_per_identity",
+                          fix="e.g. data.batch_size=64 data.images_per_identity=4 (16 identities x 4 images)")
+    p, labels = cfg.data.batch_size // k, list(item_labels(dataset))
+    trainable_identities(labels, k, p, where=str(dataset.source))
+    return labels, p, k
 
 
 def mixed_collate(dataset, cfg: DictConfig, collate):

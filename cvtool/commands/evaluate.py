@@ -73,7 +73,7 @@ def report(evaluation: Evaluation, cfg: DictConfig, run_dir: Path | None) -> Non
 
 
 def draw_plots(evaluation: Evaluation, directory: Path) -> None:
-    """confusion_matrix.png (classification, segmentation), pr_curves.png (detection)."""
+    """confusion_matrix.png (classification, segmentation), pr_curves.png (detection), roc.png (embedding)."""
     if evaluation.confusion is not None:
         from cvtool.viz.confusion import plot_confusion
 
@@ -83,3 +83,9 @@ def draw_plots(evaluation: Evaluation, directory: Path) -> None:
         from cvtool.viz.curves import plot_pr_curves
 
         plot_pr_curves(evaluation.curves, directory / "pr_curves.png", title=evaluation.source)
+    if evaluation.roc is not None:
+        from cvtool.viz.embedding_plots import roc_figure
+
+        verification = evaluation.metrics["verification"]
+        roc_figure(directory / "roc.png", *evaluation.roc, auc=verification["roc_auc"], eer=verification["eer"],
+                   tar_at_far=verification["tar_at_far_1e-3"], title=evaluation.source)

@@ -28,4 +28,4 @@ def evaluate_model(cfg: DictConfig) -> Evaluation:
     metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False), evaluator, hardware)
     return Evaluation(metrics, class_names, evaluator.protocol(), str(dataset.source),
                       getattr(evaluator, "confusion", None), getattr(evaluator, "curves", None),
-                      analysis_input(cfg, evaluator))
+                      analysis_input(cfg, evaluator), getattr(evaluator, "last_roc", None))

@@ -34,6 +34,7 @@ class Evaluation:
     confusion: np.ndarray | None = field(default=None, repr=False)  # -> plots/confusion_matrix.png
     curves: dict | None = field(default=None, repr=False)  # class -> (recall, precision): plots/pr_curves.png
     detections: DetectionData | None = field(default=None, repr=False)  # -> detection_analysis.json
+    roc: tuple | None = field(default=None, repr=False)  # embedding: (fpr, tpr) of the pairs -> plots/roc.png
 
 
 def evaluate_stored(cfg: DictConfig) -> Evaluation:
@@ -52,8 +53,10 @@ def evaluate_stored(cfg: DictConfig) -> Evaluation:
                           fix="use dataset=voc, coco, shapes_det or shapes_coco")
     if task == "keypoints":
         return keypoints(cfg)
+    if task == "embedding":
+        return embedding(cfg)
     raise CvtoolError(f"unknown task {task!r}", where="task",
-                      fix="use task=classification, detection, segmentation or keypoints")
+                      fix="use task=classification, detection, segmentation, keypoints or embedding")
 
 
 def dataset_classes(dataset: Mapping, count: int, key: str = "classes") -> list[str]:
@@ -142,6 +145,71 @@ def keypoints(cfg: DictConfig) -> Evaluation:
     evaluator.results = load_keypoint_results(cfg.predictions, gt_data)
     return Evaluation(evaluator.evaluate(), [c["name"] for c in categories], evaluator.protocol(),
                       str(cfg.predictions), curves=evaluator.curves)
+
+
+def embedding(cfg: DictConfig) -> Evaluation:
+    """embeddings.npy + index.csv: verification on the LFW pairs (pairs=, the pairs.txt beside the embeddings, or
+    generated for their identities) and retrieval over every row."""
+    from cvtool.data.embedding_files import read_embeddings
+    from cvtool.data.identity_folders import image_number
+    from cvtool.data.lfw_pairs import generate_pairs, read_pairs
+    from cvtool.metrics.embedding import EmbeddingEvaluator
+
+    embeddings, names, identities = read_embeddings(cfg.predictions)
+    identities = _row_identities(identities, cfg.targets, str(cfg.predictions))
+    order = sorted(set(identities))
+    label_of = {name: label for label, name in enumerate(order)}
+    labels = [label_of[name] for name in identities]
+    members: dict[str, list[tuple[str, int]]] = {name: [] for name in order}
+    for row, (identity, name) in enumerate(zip(identities, names)):
+        members[identity].append((name, row))
+    rows = {(identity, image_number(identity, name) or position): row for identity, items in members.items()
+            for position, (name, row) in enumerate(sorted(items), start=1)}
+    available = {name: set() for name in order}
+    for identity, number in rows:
+        available[identity].add(number)
+    beside = Path(cfg.predictions).with_name("pairs.txt") if Path(cfg.predictions).is_file() else \
+        Path(cfg.predictions) / "pairs.txt"
+    source = cfg.pairs or (beside if beside.is_file() else None)
+    ds = cfg.dataset
+    if source is not None:
+        pairs = read_pairs(source, available)[0]
+    else:
+        pairs = generate_pairs(available, folds=ds.pairs_folds, per_fold=ds.pairs_per_fold, seed=ds.split_seed)
+        source = f"generated pairs ({ds.pairs_folds} folds x {ds.pairs_per_fold}, seed {ds.split_seed})"
+    indices = np.asarray([(rows[p.left], rows[p.right], int(p.same), p.fold) for p in pairs], dtype=np.int64)
+    evaluator = EmbeddingEvaluator(labels, indices.reshape(-1, 4))
+    evaluator.process({"index": np.arange(len(embeddings))}, embeddings)
+    return Evaluation(evaluator.evaluate(), order, evaluator.protocol(),
+                      f"{cfg.predictions} ({len(embeddings)} embeddings, {len(order)} identities; pairs: {source})",
+                      roc=evaluator.last_roc)
+
+
+def _row_identities(identities: list, targets, where: str) -> list[str]:
+    """The identity of every stored embedding: index.csv's identity column, else targets= (a .npy of integer
+    labels, or a text file of one name per line)."""
+    if targets is None:
+        if any(name is None for name in identities):
+            raise CvtoolError("index.csv has no identity for some rows", where=where,
+                              fix="pass targets=labels.npy (or a text file, one identity per line), or predict a "
+                                  "split whose identities are known")
+        return list(identities)
+    path = Path(targets)
+    if not path.is_file():
+        raise CvtoolError("targets file not found", where=str(path), fix="check the path")
+    if path.suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CvtoolError(f"cannot read targets: {exc}", where=str(path), fix="save integer labels with "
+                              "numpy.save") from None
+        found = [str(int(v)) for v in values.reshape(-1)] if values.dtype.kind in "iu" else None
+    else:
+        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if found is None or len(found) != len(identities):
+        raise CvtoolError(f"targets has {'non-integer values' if found is None else f'{len(found)} rows'} for "
+                          f"{len(identities)} embeddings", where=str(path), fix="one identity per embedding row")
+    return found
 
 
 def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -22,7 +22,7 @@ from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
 from cvtool.exporting.formats import SUFFIX, load_runner, onnx_opset, write
-from cvtool.exporting.graphs import NORMALISED_KINDS, Graph, export_graph, nms_settings
+from cvtool.exporting.graphs import FIXED_SIZE_KINDS, NORMALISED_KINDS, Graph, export_graph, nms_settings
 from cvtool.exporting.runtime import sidecar_path
 from cvtool.exporting.verify import Check, as_detections, dense_check, detection_check, shape_name
 from cvtool.models.yolo import select_detections
@@ -73,7 +73,7 @@ def samples(cfg: DictConfig, task, graph: Graph, class_names: list[str]) -> tupl
         return pick(0), [pick(0), pick(1)]
     if not graph.batched:
         return images[0], [images[0], resized[0]]
-    if graph.kind == "classifier":
+    if graph.kind in FIXED_SIZE_KINDS:
         return images[:2], [images[:1], images]
     return images[:2], [images[:1], resized]
 
@@ -124,7 +124,7 @@ def sidecar(cfg: DictConfig, graph: Graph, written, example: torch.Tensor, model
            "normalise": "(pixel / 255 - mean) / std, outside the graph" if normalised
            else "inside the graph (pass [0, 1] pixels)",
            "size": list(input_size(cfg, cfg.dataset.image_size)),
-           "resize": "to size (classifiers take only it)" if graph.kind == "classifier"
+           "resize": "to size (classifiers and embedders take only it)" if graph.kind in FIXED_SIZE_KINDS
            else "none needed: the graph takes any size" if dynamic else "to size (dynamic=false)"}
     post = _postprocess(graph, model)
     return {
@@ -143,6 +143,9 @@ def _postprocess(graph: Graph, model) -> dict:
     """How to read the graph's outputs."""
     if graph.kind == "classifier":
         return {"logits": "softmax over classes"}
+    if graph.kind == "embedder":
+        return {"embedding": "one vector per image (unit length when model.normalize); Euclidean distance below "
+                             "eval's verification threshold (metrics.json) = same identity"}
     if graph.kind == "segmenter":
         return {"logits": "argmax over classes (axis 1) = class index per pixel"}
     if graph.kind == "heatmap":

@@ -9,7 +9,8 @@ from rich.table import Table
 from cvtool.errors import CvtoolError
 from cvtool.models import count_parameters, create_model, list_models, model_info
 
-CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21, "keypoints": 1}  # ImageNet, COCO, VOC, person
+CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21, "keypoints": 1, "embedding": 1000}
+# ImageNet, COCO, VOC, person; embedding: a softmax baseline over 1000 identities (its classifier is off by default)
 
 
 def parameter_count(name: str) -> int:

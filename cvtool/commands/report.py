@@ -70,6 +70,24 @@ def keypoints_table(metrics: dict, class_names: list[str], title: str) -> Table:
     return table
 
 
+def embedding_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    """Verification (10-fold accuracy +- std, ROC AUC, EER, TAR@FAR) and retrieval (Recall@k, MAP@R)."""
+    table = _table(title, "", "value")
+    verification, retrieval = metrics["verification"], metrics["retrieval"]
+    accuracy, std = verification["accuracy"], verification["accuracy_std"]
+    table.add_row("[bold]verification accuracy", f"[bold]{_fmt(accuracy)}" + ("" if std is None else
+                                                                              f" ± {std:.4f}"))
+    for key, label in (("roc_auc", "ROC AUC"), ("eer", "EER"), ("tar_at_far_1e-3", "TAR @ FAR=1e-3"),
+                       ("threshold", "distance threshold (mean over folds)")):
+        table.add_row(label, _fmt(verification.get(key)))
+    table.add_row("pairs", str(verification.get("num_pairs", "—")))
+    table.add_section()
+    for key, label in (("recall_at_1", "[bold]Recall@1"), ("recall_at_5", "Recall@5"), ("map_at_r", "MAP@R")):
+        table.add_row(label, ("[bold]" if "bold" in label else "") + _fmt(retrieval[key]))
+    table.add_row("queries", str(retrieval.get("num_queries", "—")))
+    return table
+
+
 def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Table:
     table = _table(title, "class", "IoU", "accuracy")
     for name, iou, acc in zip(class_names, metrics["per_class_iou"], metrics["per_class_acc"]):
@@ -99,7 +117,7 @@ def tide_table(analysis: dict, title: str) -> Table:
 
 
 def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
-    """The table matching the metrics' kind (classification, VOC, COCO, keypoints or segmentation)."""
+    """The table matching the metrics' kind (classification, VOC, COCO, keypoints, segmentation, embedding)."""
     if "voc07" in metrics:
         return voc_table(metrics, class_names, title)
     if "bbox" in metrics or "segm" in metrics:
@@ -108,6 +126,8 @@ def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
         return keypoints_table(metrics, class_names, title)
     if "mIoU" in metrics:
         return segmentation_table(metrics, class_names, title)
+    if "retrieval" in metrics:
+        return embedding_table(metrics, class_names, title)
     return classification_table(metrics, class_names, title)
 
 

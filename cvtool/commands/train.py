@@ -106,7 +106,8 @@ def train(cfg: DictConfig, run_dir: Path | None) -> dict:
               "best": evaluation.best, "best_epoch": evaluation.best_epoch, "epochs": trainer.epoch,
               "steps": trainer.step, "train_time_s": time.perf_counter() - started,
               "final": evaluation.last, "class_names": list(classes), "world_size": dist.world_size(),
-              "warnings": trainer.hooks["guard"].warnings if "guard" in trainer.hooks else []}
+              "warnings": (trainer.hooks["guard"].warnings if "guard" in trainer.hooks else [])
+              + list(getattr(trainer.task, "warnings", []))}  # (embedding: collapse)
     if run_dir is not None:
         atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
         if cfg.plots:

@@ -32,8 +32,9 @@ from .checkpoints import checkpoint_overrides
 from .restore import restore
 
 log = logging.getLogger("cvtool.visualize")
+EMBEDDING_VIEWS = ("roc", "projection", "neighbours")  # task=embedding: of the test identities' embeddings
 FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions",
-            "dataset")
+            "dataset", *EMBEDDING_VIEWS)
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 ATTRIBUTIONS = ("saliency", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam", "occlusion")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
@@ -128,6 +129,14 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     model, task, class_names, _ = restore(cfg, hardware)
     model = model.float().eval()
     out = C.run_dir_path(run_dir) or Path(".")
+    if task.name == "embedding" and method in EMBEDDING_VIEWS:
+        return embedding_view(method, cfg, model, task, class_names, hardware, out)
+    if method in EMBEDDING_VIEWS:
+        raise CvtoolError(f"`cvtool visualize {method}` shows an embedding model's test embeddings; this checkpoint "
+                          f"is a {task.name} model", where=str(cfg.ckpt), fix="pass a task=embedding checkpoint")
+    if task.name == "embedding" and method != "filters":
+        raise CvtoolError(f"`cvtool visualize {method}` is not for embedding models", where=str(cfg.ckpt),
+                          fix=f"use one of {', '.join((*EMBEDDING_VIEWS, 'filters', 'predictions'))}")
     if task.name != "classification" and method in ATTRIBUTIONS:
         return dense_attribution(method_of(method, cfg), cfg, model, task, class_names, hardware, out)
     if task.name != "classification" and method != "filters":
@@ -249,6 +258,37 @@ def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: li
               None if any(r is None for r in raws) else np.stack(raws))
     log.info("%s maps of %d images written to %s (figure %s.png)", method, len(maps), out / method, method)
     return {"run_dir": str(out), "method": method, "num_images": len(maps), "classes": titles}
+
+
+def embedding_view(method: str, cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
+    """The test split's embeddings as roc.png (verification ROC), projection.png (2-D PCA/t-SNE coloured by
+    identity) or neighbours.png (visualize.images queries spread over the split and their nearest others)."""
+    from cvtool.engine.inference import run_inference
+    from cvtool.viz import embedding_plots as plots
+
+    dataset = task.open_split(cfg.dataset.split, C.transforms(cfg, "eval_transforms"),
+                              skip_invalid=cfg.data.skip_invalid, seed=cfg.seed, classes=class_names)
+    evaluator = task.build_evaluator(dataset)
+    metrics = run_inference(model, task, C.loader(dataset, cfg, hardware, train=False), evaluator, hardware)
+    verification, title = metrics["verification"], f"{cfg.model.name}: {dataset.source}"
+    if method == "roc":
+        path = plots.roc_figure(out / "roc.png", *evaluator.last_roc, auc=verification["roc_auc"],
+                                eer=verification["eer"], tar_at_far=verification["tar_at_far_1e-3"], title=title)
+    elif method == "projection":
+        path = plots.projection_figure(out / "projection.png", evaluator.embeddings, np.asarray(dataset.targets),
+                                       dataset.identities, method=cfg.visualize.projection,
+                                       max_identities=cfg.visualize.identities, seed=cfg.seed, title=title)
+    else:
+        queries = spread(cfg.visualize.images, len(dataset))
+        k = min(cfg.task.neighbours, len(dataset) - 1)
+        indices, distances = plots.nearest_neighbours(evaluator.embeddings, queries, k)
+        shown = {*queries, *indices.ravel().tolist()}
+        images = [dataset.images.load_image(i).permute(1, 2, 0).expand(-1, -1, 3).numpy() if i in shown else None
+                  for i in range(len(dataset))]
+        path = plots.neighbours_figure(out / "neighbours.png", images, queries, indices, distances,
+                                       dataset.targets, dataset.identities, threshold=verification["threshold"])
+    log.info("%s of %d test embeddings written to %s", method, len(dataset), path)
+    return {"run_dir": str(out), "method": method, "file": str(path), "metrics": metrics}
 
 
 def draw_dataset(cfg: DictConfig, out: Path) -> dict:

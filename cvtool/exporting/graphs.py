@@ -1,6 +1,8 @@
 """What gets exported for each kind of model: a module with tensor inputs and outputs, its names and free axes.
 
 - classifiers: a batch of normalised images -> logits (the batch is free; the size is the training size);
+- embedding networks (task embedding): a batch of normalised images -> embeddings (as classifiers: the batch is
+  free, the size is the training size);
 - segmenters: a batch of normalised images of any size -> logits (in eval mode both give only the main logits);
 - our pose network (task keypoints): a batch of normalised person crops of any size -> heatmaps (the last stack's);
 - torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks, or keypoints and their
@@ -18,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
-NORMALISED_KINDS = ("classifier", "segmenter", "heatmap")  # graphs of normalised batches (the rest take [0, 1] pixels)
+NORMALISED_KINDS = ("classifier", "segmenter", "heatmap", "embedder")  # graphs of normalised batches (the rest
+                                                                       # take [0, 1] pixels)
+FIXED_SIZE_KINDS = ("classifier", "embedder")  # graphs that take their training size only (the preprocessing resizes)
 
 
 class MainLogits(nn.Module):
@@ -72,7 +76,7 @@ class Graph:
     """The exported module and its interface (recorded in the sidecar JSON)."""
 
     module: nn.Module
-    kind: str  # classifier | segmenter | heatmap | detector | dense_detector
+    kind: str  # classifier | embedder | segmenter | heatmap | detector | dense_detector
     outputs: list[str]
     free_axes: dict[int, str]  # the input's dynamic axes (with dynamic=true)
     output_axes: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -96,6 +100,8 @@ def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph
             return Graph(module, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
         axes = {0: "batch", 2: "height", 3: "width"}
         return Graph(module, "segmenter", ["logits"], axes, {"logits": axes})
+    if task == "embedding":
+        return Graph(model, "embedder", ["embedding"], {0: "batch"}, {"embedding": {0: "batch"}})
     if task == "keypoints" and not hasattr(model, "roi_heads"):  # our pose network (Keypoint R-CNN has RoI heads)
         axes = {0: "batch", 2: "height", 3: "width"}
         return Graph(model, "heatmap", ["heatmaps"], axes, {"heatmaps": axes})

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from cvtool.errors import CvtoolError
 
 from .formats import Runner, load_runner
-from .graphs import NORMALISED_KINDS
+from .graphs import FIXED_SIZE_KINDS, NORMALISED_KINDS
 
 
 def sidecar_path(model_file: str | Path) -> Path:
@@ -70,8 +70,8 @@ class ExportedModel(nn.Module):
         return [torch.cat(outs) for outs in zip(*parts)]
 
     def forward(self, images):
-        if self.kind == "classifier" and list(images.shape[-2:]) != self.input_shape[-2:]:
-            # the sidecar's preprocessing: classifiers take their exported size only
+        if self.kind in FIXED_SIZE_KINDS and list(images.shape[-2:]) != self.input_shape[-2:]:
+            # the sidecar's preprocessing: classifiers and embedders take their exported size only
             images = F.interpolate(images.float(), self.input_shape[-2:], mode="bilinear", antialias=True)
         if self.kind in NORMALISED_KINDS:
             return self._batched(images)[0]

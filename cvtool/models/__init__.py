@@ -6,6 +6,7 @@ always sees every model (no registration by scattered import side effects).
 
 from cvtool.models import (  # noqa: F401  (imported for registration)
     dilated,
+    embedding_net,
     fcn8s,
     lenet,
     pose_heatmap,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cvtool.errors import CvtoolError
 
-AVAILABLE = ("classification", "detection", "segmentation", "keypoints")
+AVAILABLE = ("classification", "detection", "segmentation", "keypoints", "embedding")
 
 
 def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
@@ -27,6 +27,10 @@ def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | N
         from .keypoints import KeypointsTask
 
         return KeypointsTask(task_cfg, dataset_cfg, model_cfg)
+    if name == "embedding":
+        from .embedding import EmbeddingTask
+
+        return EmbeddingTask(task_cfg, dataset_cfg, model_cfg)
     raise CvtoolError(f"unknown task '{name}'", where=f"task={name}", fix=f"choose one of: {', '.join(AVAILABLE)}")
 
 

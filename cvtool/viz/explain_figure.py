@@ -35,9 +35,10 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write atomically as PNG, and close `fig`."""
-    fig.tight_layout()
+def save_figure(fig, path: Path, top: float = 1.0) -> Path:
+    """Lay out (the axes below `top`, a fraction of the height: room for a suptitle), write atomically as PNG, and
+    close `fig`."""
+    fig.tight_layout(rect=(0, 0, 1, top))
     try:
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
