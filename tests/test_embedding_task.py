@@ -25,8 +25,9 @@ from cvtool.errors import CvtoolError
 from cvtool.tasks.embedding import CollapseMonitor
 
 TINY = ["task=embedding", "dataset.synth.num_identities=64", "dataset.synth.min_images=4",
-        "dataset.synth.max_images=8", "dataset.synth.pairs_per_fold=12", "data.workers=0", "hardware=cpu",
-        "logger=[]", "plots=false", "trainer.epochs=1", "data.batch_size=32", "model.dim=32"]
+        "dataset.synth.max_images=8", "dataset.synth.pairs_per_fold=12", "dataset.synth.test_fraction=0.333",
+        "data.workers=0", "hardware=cpu", "logger=[]", "plots=false", "trainer.epochs=1", "data.batch_size=32",
+        "model.dim=32"]
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def _classifier_trunk(trunk: str) -> None:
                             "(Siamese / triplet networks)")
 def embedding_net(num_classes: int, in_channels: int = 3, weights: str | None = None, trunk: str = "shapes_cnn",
                   trunk_options: Mapping[str, object] | None = None, dim: int = 128, normalize: bool = True,
-                  head_bn: bool = False, classifier: bool = False,
+                  head_bn: bool = True, classifier: bool = False,
                   input_size: int | tuple[int, int] | list[int] | None = None) -> EmbeddingNet:
     """`trunk` built with `trunk_options` (its own options, e.g. small_input or pretrained weights=DEFAULT), its
     last linear layer replaced by a `dim`-wide embedding head; `classifier`: add Linear(dim, num_classes) for the
