@@ -154,3 +154,9 @@ def test_collapse_is_reported_once_when_the_mean_distance_falls_towards_zero():
     for distance in [0.3, 0.8, 1.2, 1.1, 1.0, 1.05]:
         healthy.update(distance)
     assert healthy.warnings == []
+
+
+def test_visualize_dataset_says_identity_folders_have_nothing_to_draw(runs):
+    out = _cli("visualize", "dataset", *runs["common"])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "identity folders have no boxes, masks or joints to draw" in " ".join(out.output.split())

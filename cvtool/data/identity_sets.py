@@ -127,9 +127,9 @@ def refuse_overlap(train: Sequence[str], test: Sequence[str], where: str, what: 
 def trainable_identities(labels: Sequence[int], k: int, p: int, where: str) -> list[int]:
     """The labels of identities with at least `k` images (P×K sampling draws only these); the others are skipped
     with a count, and fewer than `p` left is an error."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64))
-    counts = counts[counts > 0]
-    eligible = np.flatnonzero(np.bincount(np.asarray(labels, dtype=np.int64)) >= k).tolist()
+    all_counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    counts = all_counts[all_counts > 0]
+    eligible = np.flatnonzero(all_counts >= k).tolist()
     if len(eligible) < len(counts):
         log.warning("%d of %d training identities have fewer than %d images: P×K sampling skips them",
                     len(counts) - len(eligible), len(counts), k)

@@ -209,7 +209,10 @@ class EmbeddingTask:
         return dataset
 
     def ground_truth(self, dataset: IdentitySet, count: int) -> None:
-        return None
+        """Identity folders have nothing to draw over an image (`visualize dataset` is for boxes, masks, joints)."""
+        raise CvtoolError("identity folders have no boxes, masks or joints to draw", where="cvtool visualize dataset",
+                          fix="check the files with `cvtool data check task=embedding`, or look at a trained "
+                              "model's nearest neighbours: `cvtool visualize neighbours ckpt=...`")
 
     def draw_overlays(self, directory: Path, dataset: IdentitySet, embeddings: torch.Tensor, limit: int | None) -> int:
         """neighbours.png: the first `limit` images (at most task.overlay_queries) and their nearest others."""
