@@ -14,6 +14,9 @@ def prepared_root(dataset_cfg: Mapping) -> Path | None:
         return None
     root = Path(dataset_cfg["root"])
     if dataset_cfg.get("synth"):
-        params = dict(dataset_cfg["synth"])
+        from omegaconf import OmegaConf
+
+        synth = dataset_cfg["synth"]
+        params = OmegaConf.to_container(synth, resolve=True) if OmegaConf.is_config(synth) else dict(synth)
         ensure_shapes(params.pop("kind"), root, **params)
     return root

@@ -32,6 +32,7 @@ from cvtool.data.identity_glyphs import generate_identities
 from cvtool.data.index_png import VOC_PALETTE, voc_palette, write_index_png
 from cvtool.data.shapes_draw import SHAPE_CLASSES, Scene, render_scene
 from cvtool.data.stick_figures import generate_keypoints
+from cvtool.data.synth_words import generate_words
 from cvtool.errors import CvtoolError
 
 __all__ = ["SHAPE_CLASSES", "VOC_PALETTE", "voc_palette", "generate_classification", "generate_devkit",
@@ -276,7 +277,7 @@ def generate_devkit(root: Path, *, num_train: int, num_val: int, image_size: int
 
 _GENERATORS: dict[str, Callable[..., Path]] = {
     "classification": generate_classification, "devkit": generate_devkit, "keypoints": generate_keypoints,
-    "identities": generate_identities}
+    "identities": generate_identities, "words": generate_words}
 
 
 def _marker(kind: str, params: dict[str, Any]) -> dict[str, Any]:
