@@ -47,7 +47,7 @@ def export_submitit_env() -> bool:
 
 def _group():
     """torch.distributed when a process group is up, else None (never imports torch)."""
-    if "torch" not in sys.modules:
+    if sys.modules.get("torch") is None:  # not imported, or blocked (sys.modules["torch"] = None)
         return None
     import torch.distributed as dist
 
