@@ -5,6 +5,7 @@ always sees every model (no registration by scattered import side effects).
 """
 
 from cvtool.models import (  # noqa: F401  (imported for registration)
+    crnn,
     dilated,
     embedding_net,
     fcn8s,

@@ -14,7 +14,7 @@ from cvtool.errors import CvtoolError
 from cvtool.models.freezing import freeze as apply_freeze
 from cvtool.models.weights import is_weights_file, load_weights_file
 
-TASKS = ("classification", "detection", "segmentation", "keypoints", "embedding")
+TASKS = ("classification", "detection", "segmentation", "keypoints", "embedding", "text")
 # Every builder takes these; everything else it accepts is a model-specific keyword argument.
 _COMMON_ARGS = ("num_classes", "in_channels", "weights")
 
