@@ -55,8 +55,10 @@ def evaluate_stored(cfg: DictConfig) -> Evaluation:
         return keypoints(cfg)
     if task == "embedding":
         return embedding(cfg)
+    if task == "text":
+        return text(cfg)
     raise CvtoolError(f"unknown task {task!r}", where="task",
-                      fix="use task=classification, detection, segmentation, keypoints or embedding")
+                      fix="use task=classification, detection, segmentation, keypoints, embedding or text")
 
 
 def dataset_classes(dataset: Mapping, count: int, key: str = "classes") -> list[str]:
@@ -210,6 +212,44 @@ def _row_identities(identities: list, targets, where: str) -> list[str]:
         raise CvtoolError(f"targets has {'non-integer values' if found is None else f'{len(found)} rows'} for "
                           f"{len(identities)} embeddings", where=str(path), fix="one identity per embedding row")
     return found
+
+
+def text(cfg: DictConfig) -> Evaluation:
+    """pred.txt (`path<TAB>text`) against targets= (a gt.txt or an MJSynth annotation file), else the gt.txt beside
+    the predictions, else the dataset's evaluation split; images are matched by path."""
+    from cvtool.data.word_annotations import read_annotations, read_text_file
+    from cvtool.metrics.text import TextEvaluator
+
+    predictions = Path(cfg.predictions)
+    if predictions.is_dir():
+        predictions = predictions / "pred.txt"
+    found = {_same_file(path, predictions.parent): word for path, word in read_text_file(predictions)}
+    beside = predictions.with_name("gt.txt")
+    if cfg.targets is not None or beside.is_file():
+        truth = Path(cfg.targets) if cfg.targets is not None else beside
+        lexicon = cfg.dataset.get("lexicon")
+        lexicon_path = truth.parent / lexicon if lexicon and (truth.parent / lexicon).is_file() else None
+        items = read_annotations(truth, lexicon_path=lexicon_path)
+    else:
+        root = prepared_root(cfg.dataset)
+        truth = root / cfg.dataset.annotations.format(split=cfg.dataset.split)
+        items = read_annotations(truth, root=root, lexicon_path=root / cfg.dataset.lexicon
+                                 if cfg.dataset.get("lexicon") else None)
+    missing = [item for item in items if _same_file(item.path, None) not in found]
+    if missing:
+        raise CvtoolError(f"{len(missing)} of {len(items)} images of {truth} have no prediction (first: "
+                          f"{missing[0].path})", where=str(predictions),
+                          fix="predict every image of the split (cvtool predict writes pred.txt), or pass "
+                              "targets= the ground truth of the images predicted")
+    evaluator = TextEvaluator()
+    evaluator.add([found[_same_file(item.path, None)] for item in items], [item.text for item in items])
+    return Evaluation(evaluator.evaluate(), [], evaluator.protocol(),
+                      f"{predictions} against {truth} ({len(items)} words)")
+
+
+def _same_file(path: str, base: Path | None) -> str:
+    """A path as a comparable key: made absolute against `base` (a file's directory) and normalised."""
+    return os.path.normpath(os.path.join(base, path) if base is not None else os.path.abspath(path))
 
 
 def _confusion_of(pair: tuple[Path, Path], num_classes: int, ignore_index: int | None) -> np.ndarray:

@@ -148,6 +148,9 @@ def _postprocess(graph: Graph, model) -> dict:
                              "eval's verification threshold (metrics.json) = same identity"}
     if graph.kind == "segmenter":
         return {"logits": "argmax over classes (axis 1) = class index per pixel"}
+    if graph.kind == "recognizer":
+        return {"logits": f"per frame (one per {model.frame_stride} input columns) scores of the CTC blank (class 0) "
+                          "and class_names[i - 1] (class i); best path: argmax per frame, merge repeats, drop blanks"}
     if graph.kind == "heatmap":
         return {"heatmaps": "one map per keypoint at 1/4 of the crop's size: its argmax x 4 = the keypoint in the crop"}
     if graph.kind == "detector":

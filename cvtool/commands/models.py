@@ -9,8 +9,10 @@ from rich.table import Table
 from cvtool.errors import CvtoolError
 from cvtool.models import count_parameters, create_model, list_models, model_info
 
-CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21, "keypoints": 1, "embedding": 1000}
-# ImageNet, COCO, VOC, person; embedding: a softmax baseline over 1000 identities (its classifier is off by default)
+CLASSES = {"classification": 1000, "detection": 80, "segmentation": 21, "keypoints": 1, "embedding": 1000,
+           "text": 37}
+# ImageNet, COCO, VOC, person; embedding: a softmax baseline over 1000 identities (its classifier is off by default);
+# text: 36 characters + the CTC blank (word_classifier: a 37-word lexicon)
 
 
 def parameter_count(name: str) -> int:

@@ -88,6 +88,21 @@ def embedding_table(metrics: dict, class_names: list[str], title: str) -> Table:
     return table
 
 
+def text_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    """Word accuracy in its three modes, character precision/recall and 1 - NED (MMOCR's definitions)."""
+    table = _table(title, "", "value")
+    words = metrics["word_acc"]
+    table.add_row("word accuracy (exact)", _fmt(words["exact"]))
+    table.add_row("word accuracy (ignore case)", _fmt(words["ignore_case"]))
+    table.add_row("[bold]word accuracy (ignore case and symbols)", f"[bold]{_fmt(words['ignore_case_symbol'])}")
+    table.add_section()
+    for key, label in (("char_precision", "character precision"), ("char_recall", "character recall"),
+                       ("one_minus_ned", "1 - normalised edit distance")):
+        table.add_row(label, _fmt(metrics[key]))
+    table.add_row("words", str(metrics["num_samples"]))
+    return table
+
+
 def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Table:
     table = _table(title, "class", "IoU", "accuracy")
     for name, iou, acc in zip(class_names, metrics["per_class_iou"], metrics["per_class_acc"]):
@@ -117,7 +132,8 @@ def tide_table(analysis: dict, title: str) -> Table:
 
 
 def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
-    """The table matching the metrics' kind (classification, VOC, COCO, keypoints, segmentation, embedding)."""
+    """The table matching the metrics' kind (classification, VOC, COCO, keypoints, segmentation, embedding,
+    text)."""
     if "voc07" in metrics:
         return voc_table(metrics, class_names, title)
     if "bbox" in metrics or "segm" in metrics:
@@ -128,6 +144,8 @@ def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
         return segmentation_table(metrics, class_names, title)
     if "retrieval" in metrics:
         return embedding_table(metrics, class_names, title)
+    if "word_acc" in metrics:
+        return text_table(metrics, class_names, title)
     return classification_table(metrics, class_names, title)
 
 

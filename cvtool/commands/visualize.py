@@ -33,8 +33,9 @@ from .restore import restore
 
 log = logging.getLogger("cvtool.visualize")
 EMBEDDING_VIEWS = ("roc", "projection", "neighbours")  # task=embedding: of the test identities' embeddings
+TEXT_VIEWS = ("alignment",)  # task=text: which CTC frame emitted which character
 FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions",
-            "dataset", *EMBEDDING_VIEWS)
+            "dataset", *EMBEDDING_VIEWS, *TEXT_VIEWS)
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 ATTRIBUTIONS = ("saliency", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam", "occlusion")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
@@ -134,6 +135,8 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
     if method in EMBEDDING_VIEWS:
         raise CvtoolError(f"`cvtool visualize {method}` shows an embedding model's test embeddings; this checkpoint "
                           f"is a {task.name} model", where=str(cfg.ckpt), fix="pass a task=embedding checkpoint")
+    if method in TEXT_VIEWS:
+        return text_alignment(cfg, model, task, class_names, hardware, out)
     if task.name == "embedding" and method != "filters":
         raise CvtoolError(f"`cvtool visualize {method}` is not for embedding models", where=str(cfg.ckpt),
                           fix=f"use one of {', '.join((*EMBEDDING_VIEWS, 'filters', 'predictions'))}")
@@ -224,6 +227,81 @@ def explained_joint(cfg: DictConfig, model, x: torch.Tensor, task, dataset):
     return scorer, target, f"{names[target]} {float(peaks[target]):.2f}"
 
 
+def explained_character(cfg: DictConfig, model, x: torch.Tensor, task):
+    """(scorer, class, title) of one word crop. CRNN: the character at position visualize.target of the recognised
+    word (0-based; or a character, its first occurrence; default the first), explained through the frame where the
+    best path emits it most confidently; the dictionary classifier: its top word (or visualize.target, a word)."""
+    with torch.no_grad():
+        logits = model(x).float()
+    if task.dictionary:
+        picked = class_index(cfg, task.classes)
+        target = int(logits[0].argmax()) if picked is None else picked
+        return model, target, f"{task.classes[target]} {float(logits[0].softmax(-1)[target]):.2f}"
+    from cvtool.tasks.ctc_decoding import frame_alignment
+
+    probs = logits[0].softmax(dim=-1)
+    runs = character_runs(frame_alignment(logits[0]))
+    word = task.charset.decode([c for c, _ in runs])
+    if not runs:
+        return None, None, "nothing read"
+    want = cfg.visualize.target
+    if want is None:
+        position = 0
+    elif str(want).isdigit() and int(want) < len(runs):
+        position = int(want)
+    elif str(want) in word:
+        position = word.index(str(want))
+    else:
+        raise CvtoolError(f"visualize.target={want} is neither a character position nor a character of the "
+                          f"recognised word {word!r}", where="visualize.target",
+                          fix=f"a position 0..{len(runs) - 1} or one of the characters {word!r}")
+    cls, frames = runs[position]
+    frame = max(frames, key=lambda f: float(probs[f, cls]))
+    return (attribution.FrameScores(model, frame), cls,
+            f"{word[position]!r} (#{position} of {word!r}), frame {frame} p={float(probs[frame, cls]):.2f}")
+
+
+def character_runs(path: list[int]) -> list[tuple[int, list[int]]]:
+    """(class, frames) of each character the best path emits: runs of one non-blank class (blank = 0)."""
+    runs: list[tuple[int, list[int]]] = []
+    previous = 0
+    for frame, cls in enumerate(path):
+        if cls != 0 and cls == previous:
+            runs[-1][1].append(frame)
+        elif cls != 0:
+            runs.append((cls, [frame]))
+        previous = cls
+    return runs
+
+
+def text_alignment(cfg: DictConfig, model, task, class_names: list[str], hardware, out: Path) -> dict:
+    """alignment/<name>.png per word crop: the crop with the character each CTC frame emits over its columns, and
+    the per-frame class probabilities (the first crop's figure also as alignment.png)."""
+    from cvtool.viz.text_plots import alignment_figure
+
+    if task.name != "text" or task.dictionary:
+        raise CvtoolError("`cvtool visualize alignment` shows a CTC model's per-frame outputs", where=str(cfg.ckpt),
+                          fix="pass a task=text model=crnn checkpoint (a dictionary classifier has no frames: "
+                              "use saliency or gradcam)")
+    dataset = open_images(cfg, task, class_names)
+    picked = spread(cfg.visualize.images, len(dataset))
+    (out / "alignment").mkdir(parents=True, exist_ok=True)
+    words = []
+    for n, i in enumerate(picked):
+        image = dataset[i][0].as_subclass(torch.Tensor)
+        with torch.no_grad():
+            logits = model(task.normalise(image[None], hardware)).float()
+        word = task.decode(logits)[0]
+        path = out / "alignment" / f"{n:03d}_{Path(dataset.files[i]).stem}.png"
+        alignment_figure(path, image.permute(1, 2, 0).expand(-1, -1, 3).numpy(), logits[0].softmax(-1).cpu().numpy(),
+                         task.charset.chars, word, dataset.texts[i] or None)
+        if n == 0:
+            (out / "alignment.png").write_bytes(path.read_bytes())
+        words.append(word)
+    log.info("CTC alignments of %d word images written to %s", len(picked), out / "alignment")
+    return {"run_dir": str(out), "method": "alignment", "num_images": len(picked), "words": words}
+
+
 def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: list[str], hardware,
                       out: Path) -> dict:
     """An attribution map per image of a segmenter's class region (`explained_region`) or a detector's top box
@@ -239,6 +317,9 @@ def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: li
         elif task.name == "keypoints":
             x = task.normalise(image[None], hardware).contiguous()
             scorer, target, title = explained_joint(cfg, model, x, task, dataset)
+        elif task.name == "text":
+            x = task.normalise(image[None], hardware).contiguous()
+            scorer, target, title = explained_character(cfg, model, x, task)
         else:  # torchvision-style detectors normalise [0, 1] images themselves
             x = image[None].to(hardware.device).float().div(255)
             scorer, target, title = explained_box(model, x, class_names)
@@ -252,7 +333,8 @@ def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: li
             raws.append(None if raw is None else raw[0].float().cpu().numpy())
         pictures.append(image.permute(1, 2, 0).expand(-1, -1, 3).numpy())
         titles.append(title)
-        names.append(str(dataset.items[i].image_id) if hasattr(dataset, "items") else str(i))
+        item = dataset.items[i] if hasattr(dataset, "items") else None
+        names.append(str(getattr(item, "image_id", Path(getattr(item, "path", str(i))).stem)))
     write_maps(out / method, maps, names)
     composite(out / f"{method}.png", pictures, maps, titles, method,
               None if any(r is None for r in raws) else np.stack(raws))

@@ -4,6 +4,8 @@
 - embedding networks (task embedding): a batch of normalised images -> embeddings (as classifiers: the batch is
   free, the size is the training size);
 - segmenters: a batch of normalised images of any size -> logits (in eval mode both give only the main logits);
+- CRNN (task text): a batch of normalised word crops of the training height and any width -> per-frame scores
+  (CTC decoding runs after the graph); the dictionary classifier exports as a classifier;
 - our pose network (task keypoints): a batch of normalised person crops of any size -> heatmaps (the last stack's);
 - torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks, or keypoints and their
   scores for Keypoint R-CNN); the model resizes and normalises inside, as in eager mode. Their data-dependent
@@ -20,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
-NORMALISED_KINDS = ("classifier", "segmenter", "heatmap", "embedder")  # graphs of normalised batches (the rest
-                                                                       # take [0, 1] pixels)
+# graphs of normalised batches (the rest take [0, 1] pixels)
+NORMALISED_KINDS = ("classifier", "segmenter", "heatmap", "embedder", "recognizer")
 FIXED_SIZE_KINDS = ("classifier", "embedder")  # graphs that take their training size only (the preprocessing resizes)
 
 
@@ -102,6 +104,10 @@ def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph
         return Graph(module, "segmenter", ["logits"], axes, {"logits": axes})
     if task == "embedding":
         return Graph(model, "embedder", ["embedding"], {0: "batch"}, {"embedding": {0: "batch"}})
+    if task == "text":  # CRNN: per-frame scores of word crops of any width; the dictionary model is a classifier
+        if not hasattr(model, "frame_stride"):
+            return Graph(model, "classifier", ["logits"], {0: "batch"}, {"logits": {0: "batch"}})
+        return Graph(model, "recognizer", ["logits"], {0: "batch", 3: "width"}, {"logits": {0: "batch", 1: "frames"}})
     if task == "keypoints" and not hasattr(model, "roi_heads"):  # our pose network (Keypoint R-CNN has RoI heads)
         axes = {0: "batch", 2: "height", 3: "width"}
         return Graph(model, "heatmap", ["heatmaps"], axes, {"heatmaps": axes})

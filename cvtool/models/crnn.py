@@ -125,8 +125,8 @@ class WordCNN(nn.Module):
                             "its own CNN or a registered classifier as trunk")
 def word_classifier(num_classes: int, in_channels: int = 3, weights: str | None = None,
                     input_size: int | Sequence[int] | None = None, trunk: str | None = None,
-                    trunk_options: Mapping[str, object] | None = None, width: int = 32, hidden: int = 512,
-                    dropout: float = 0.3) -> nn.Module:
+                    trunk_options: Mapping[str, object] | None = None, width: int = 16, hidden: int = 512,
+                    dropout: float = 0.0) -> nn.Module:
     """num_classes = lexicon size. `trunk` None: WordCNN for `input_size` (default 32 x 128; sides multiples of
     16) with `width`, `hidden` and `dropout`; else that registered classifier, built with num_classes and
     `trunk_options` (its own options, e.g. pretrained weights). `weights`: a local file only."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cvtool.errors import CvtoolError
 
-AVAILABLE = ("classification", "detection", "segmentation", "keypoints", "embedding")
+AVAILABLE = ("classification", "detection", "segmentation", "keypoints", "embedding", "text")
 
 
 def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | None = None):
@@ -31,6 +31,10 @@ def build_task(name: str, task_cfg: dict, dataset_cfg: dict, model_cfg: dict | N
         from .embedding import EmbeddingTask
 
         return EmbeddingTask(task_cfg, dataset_cfg, model_cfg)
+    if name == "text":
+        from .text import TextTask
+
+        return TextTask(task_cfg, dataset_cfg, model_cfg)
     raise CvtoolError(f"unknown task '{name}'", where=f"task={name}", fix=f"choose one of: {', '.join(AVAILABLE)}")
 
 

@@ -251,6 +251,18 @@ class JointScores(nn.Module):
         return self.model(x).amax(dim=(2, 3))
 
 
+class FrameScores(nn.Module):
+    """A sequence model (CRNN: B x T x K scores) seen as a classifier at one output frame (B x K), so attributions
+    explain which input columns made that frame emit a character."""
+
+    def __init__(self, model: nn.Module, frame: int):
+        super().__init__()
+        self.model, self.frame = model, frame
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)[:, self.frame]
+
+
 METHODS: dict[str, Callable] = {
     "saliency": saliency, "smoothgrad": smoothgrad, "integrated_gradients": integrated_gradients,
     "guided_backprop": guided_backprop, "deconvnet": deconvnet, "gradcam": gradcam,
