@@ -13,11 +13,9 @@ not run again, so the benchmark can be run piecewise:
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from recipe_robustness import PRECISIONS, Default, append, auto_precision, cvtool_run, load, recipe_id
+from recipe_robustness import PRECISIONS, Default, cvtool_run, quality_benchmark
 
 from cvtool.engine.hardware import machine_summary
 
@@ -56,28 +54,9 @@ def table(records: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(RUNS), default=list(RUNS))
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--precisions", nargs="*", choices=sorted(PRECISIONS), default=list(PRECISIONS))
-    parser.add_argument("--results", type=Path, default=Path("runs/benchmarks/embedding_quality.jsonl"))
-    parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
-    args = parser.parse_args()
-    machine = machine_summary()
-    recipes = {name: recipe_id(run) for name, run in RUNS.items()}
-    records = [r for r in load(args.results) if r["machine"] == machine and r["recipe"] == recipes[r["run"]]]
-    done = {(r["run"], r["precision"], r["seed"]) for r in records}
-    for name in [] if args.table else args.only:
-        resolved = {"fp32": "fp32", "auto": auto_precision(RUNS[name])}
-        for precision in args.precisions:
-            for seed in [s for s in args.seeds if (name, precision, s) not in done]:
-                print(f"cvtool train {' '.join(RUNS[name].overrides)} {PRECISIONS[precision]} seed={seed} ...",
-                      flush=True)
-                record = measure(name, precision, seed, resolved[precision], recipes[name])
-                print(f"  accuracy {record['accuracy']:.4f}, Recall@1 {record['recall_at_1']:.3f} in "
-                      f"{record['seconds'] / 60:.2f} min", flush=True)
-                append(args.results, records, record)
-    table(records)
+    quality_benchmark(__doc__, RUNS, measure, table, "runs/benchmarks/embedding_quality.jsonl",
+                      lambda r: (f"accuracy {r['accuracy']:.4f}, Recall@1 {r['recall_at_1']:.3f} in "
+                                 f"{r['seconds'] / 60:.2f} min"))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,33 @@ def append(path: Path, records: list[dict], record: dict) -> None:
         out.write(json.dumps(record) + "\n")
 
 
+def quality_benchmark(doc: str, runs: dict[str, Default], measure, table, results: str, report) -> None:
+    """The command line of a per-issue quality benchmark: `measure(name, precision, seed, dtype, recipe)` for each
+    run, precision and seed not yet in the results file (JSON lines, kept per machine and recipe), then
+    `table(records)`; `report(record)` is the line printed after each run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(runs), default=list(runs))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--precisions", nargs="*", choices=sorted(PRECISIONS), default=list(PRECISIONS))
+    parser.add_argument("--results", type=Path, default=Path(results))
+    parser.add_argument("--table", action="store_true", help="print the table of the stored results only")
+    args = parser.parse_args()
+    machine = machine_summary()
+    recipes = {name: recipe_id(run) for name, run in runs.items()}
+    records = [r for r in load(args.results) if r["machine"] == machine and r["recipe"] == recipes[r["run"]]]
+    done = {(r["run"], r["precision"], r["seed"]) for r in records}
+    for name in [] if args.table else args.only:
+        resolved = {"fp32": "fp32", "auto": auto_precision(runs[name])}
+        for precision in args.precisions:
+            for seed in [s for s in args.seeds if (name, precision, s) not in done]:
+                print(f"cvtool train {' '.join(runs[name].overrides)} {PRECISIONS[precision]} seed={seed} ...",
+                      flush=True)
+                record = measure(name, precision, seed, resolved[precision], recipes[name])
+                print(f"  {report(record)}", flush=True)
+                append(args.results, records, record)
+    table(records)
+
+
 def cvtool_run(args: list[str]) -> tuple[dict, float]:
     """`cvtool train ARGS` in a subprocess (the whole command is what the time targets bound); its metrics.json
     and wall-clock seconds."""

@@ -57,6 +57,33 @@ def hub_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path / "hub"
 
 
+def without_torch(tmp_path: Path) -> dict[str, str]:
+    """The environment of a subprocess in which importing torch or torchvision fails (stored evaluations)."""
+    poison = tmp_path / "poison"
+    for name in ("torch", "torchvision"):
+        (poison / name).mkdir(parents=True, exist_ok=True)
+        (poison / name / "__init__.py").write_text(f"raise ImportError('{name} imported by a torch-free path')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), str(Path.cwd())])}
+
+
+def png(path: Path):
+    """The PNG at `path`, decoded, after checking it was written atomically (no .tmp file left beside it)."""
+    from PIL import Image
+
+    image = Image.open(path)
+    assert image.format == "PNG"
+    image.load()
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    return image
+
+
+def pixels_of(image, colour: tuple[int, int, int]) -> int:
+    """How many pixels of `image` have exactly `colour`."""
+    import numpy as np
+
+    return int((np.asarray(image.convert("RGB")) == colour).all(axis=2).sum())
+
+
 def forward_at(model, side: int) -> None:
     """A train-mode forward with a batch of 2, then an eval-mode one with a single image (min_size probes)."""
     import torch

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import pixels_of, png
 
 from cvtool.errors import CvtoolError
 from cvtool.viz import embedding_plots as ep
@@ -17,17 +17,6 @@ from cvtool.viz import embedding_plots as ep
 GREEN, RED = (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)
 
 
-def png(path: Path) -> Image.Image:
-    image = Image.open(path)
-    assert image.format == "PNG"
-    image.load()
-    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []  # written atomically
-    return image
-
-
-def pixels_of(image: Image.Image, colour: tuple[int, int, int]) -> int:
-    rgb = np.asarray(image.convert("RGB"))
-    return int((rgb == colour).all(axis=2).sum())
 
 
 def clusters(per_identity: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -5,7 +5,6 @@ numbers, export verified and evaluated, the pictures of `visualize`, and bad inp
 from __future__ import annotations
 
 import csv
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_json
+from conftest import read_json, without_torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -80,11 +79,7 @@ def test_predict_then_eval_of_the_stored_embeddings_equals_eval_of_the_checkpoin
 def test_stored_embeddings_are_evaluated_without_torch(runs, tmp_path):
     result = predict.main([f"ckpt={runs['ckpt']['triplet']}", *runs["common"], "overlays=0"])[0]
     embeddings = next(Path(f) for f in result["files"] if f.endswith(".npy"))
-    poison = tmp_path / "poison"
-    for name in ("torch", "torchvision"):
-        (poison / name).mkdir(parents=True)
-        (poison / name / "__init__.py").write_text(f"raise ImportError('{name} imported by a stored evaluation')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), str(Path.cwd())])}
+    env = without_torch(tmp_path)
     done = subprocess.run([sys.executable, "-m", "cvtool", "eval", "task=embedding", f"predictions={embeddings}",
                            *runs["common"], f"json={tmp_path / 'm.json'}"], capture_output=True, text=True, env=env,
                           timeout=120)

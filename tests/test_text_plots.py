@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pixels_of, png
 from PIL import Image
 
 from cvtool.viz import text_plots as tp
@@ -15,16 +15,6 @@ from cvtool.viz import text_plots as tp
 GREEN, RED = (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)
 
 
-def png(path: Path) -> Image.Image:
-    image = Image.open(path)
-    assert image.format == "PNG"
-    image.load()
-    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []  # written atomically
-    return image
-
-
-def pixels_of(image: Image.Image, colour: tuple[int, int, int]) -> int:
-    return int((np.asarray(image.convert("RGB")) == colour).all(axis=2).sum())
 
 
 def word_probs(frames: list[str], charset: str, peak: float = 0.9) -> np.ndarray:

@@ -6,14 +6,13 @@ naming file and line with exit code 2."""
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import read_json
+from conftest import read_json, without_torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -82,11 +81,7 @@ def test_stored_words_are_evaluated_without_torch_against_the_dataset_split(runs
     items = read_annotations(annotation, lexicon_path=runs["data"] / "lexicon.txt")
     pred = tmp_path / "pred.txt"  # every word read right, but for the first one (lower case: right ignoring case)
     pred.write_text("".join(f"{i.path}\t{i.text.lower() if n == 0 else i.text}\n" for n, i in enumerate(items)))
-    poison = tmp_path / "poison"
-    for name in ("torch", "torchvision"):
-        (poison / name).mkdir(parents=True)
-        (poison / name / "__init__.py").write_text(f"raise ImportError('{name} imported by a stored evaluation')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(poison), str(Path.cwd())])}
+    env = without_torch(tmp_path)
     done = subprocess.run([sys.executable, "-m", "cvtool", "eval", "task=text", f"predictions={pred}",
                            *runs["common"], f"json={tmp_path / 'm.json'}"], capture_output=True, text=True, env=env,
                           timeout=120)
