@@ -139,6 +139,13 @@ def data_check(overrides: list[str] = OVERRIDES) -> None:
     _invoke(lambda: _command("data").check(overrides or []))
 
 
+@data_app.command("proposals", epilog=groups_epilog())
+def data_proposals(overrides: list[str] = OVERRIDES) -> None:
+    """Region proposals for a detection split: method=selective_search|edge|kmeans (or a proposal file to check and
+    convert) -> Fast R-CNN .mat / detectron2 / MMDetection file + recall table and plot (task.proposals.* keys)."""
+    _invoke(lambda: _command("proposals").main(overrides or []))
+
+
 @app.command("env")
 def environment(as_json: bool = typer.Option(False, "--json", help="One JSON object instead of aligned text.")) -> None:
     """Versions (cvtool, Python, torch, CUDA, cuDNN, dependencies) and hardware (CPU flags, GPUs) for a bug

@@ -22,6 +22,8 @@ from cvtool.errors import CvtoolError
 if TYPE_CHECKING:
     from cvtool.metrics.box_matching import DetectionData
 
+PROPOSAL_SUFFIXES = (".mat", ".pkl", ".pickle")  # detection predictions= that are region proposals
+
 
 @dataclass
 class Evaluation:
@@ -96,9 +98,11 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
 
     from .detection_analysis import analysis_input
 
-    _refuse_json(cfg, "a directory of comp4_det_<split>_<class>.txt files")
     class_names = list(cfg.dataset.classes)
     split = cfg.dataset.split
+    if Path(str(cfg.predictions)).suffix in PROPOSAL_SUFFIXES:
+        return voc_proposals(cfg, class_names, split)
+    _refuse_json(cfg, "a directory of comp4_det_<split>_<class>.txt files")
     gt = load_voc_objects(prepared_root(cfg.dataset), split, class_names)
     files = result_files(cfg.predictions, split, class_names)
     index = {image_id: i for i, image_id in enumerate(gt.image_ids)}
@@ -110,6 +114,23 @@ def voc_detection(cfg: DictConfig) -> Evaluation:
     return Evaluation(evaluator.evaluate(), class_names, evaluator.protocol(),
                       f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)", curves=evaluator.curves,
                       detections=analysis_input(cfg, evaluator))
+
+
+def voc_proposals(cfg: DictConfig, class_names: list[str], split: str) -> Evaluation:
+    """A proposal file (Fast R-CNN .mat, detectron2 or MMDetection pickle) checked against the split: its recall at
+    IoU 0.5 / 0.7 and average recall at 100, 300 and 1000 proposals per image ("difficult" objects excluded)."""
+    from cvtool.data.proposal_files import read_proposals
+    from cvtool.data.voc_annotations import load_voc_objects
+    from cvtool.metrics.proposals import proposal_recall
+
+    gt = load_voc_objects(prepared_root(cfg.dataset), split, class_names)
+    found = read_proposals(Path(str(cfg.predictions)), gt.image_ids, [gt.sizes.get(i) for i in gt.image_ids])
+    continuous = gt.box - np.array([1.0, 1.0, 0.0, 0.0])  # VOC 1-based inclusive -> continuous 0-based pixels
+    objects = [continuous[(gt.image == i) & ~gt.difficult] for i in range(len(gt.image_ids))]
+    return Evaluation(proposal_recall(objects, found.boxes), class_names,
+                      "proposal recall: greedy one-to-one matching per image (detectron2 / Fast R-CNN), "
+                      "AR = mean recall over IoU 0.5:0.05:0.95, difficult objects excluded",
+                      f"{cfg.predictions} on {split} ({len(gt.image_ids)} images)")
 
 
 def coco_detection(cfg: DictConfig) -> Evaluation:

@@ -103,6 +103,14 @@ def text_table(metrics: dict, class_names: list[str], title: str) -> Table:
     return table
 
 
+def proposals_table(metrics: dict, class_names: list[str], title: str) -> Table:
+    """Proposal recall at IoU 0.5 and 0.7 and average recall per number of proposals per image."""
+    table = _table(title, "proposals / image", "recall@0.5", "recall@0.7", "AR")
+    for count in metrics["AR"]:
+        table.add_row(count, *(_fmt(metrics[key][count]) for key in ("recall@0.5", "recall@0.7", "AR")))
+    return table
+
+
 def segmentation_table(metrics: dict, class_names: list[str], title: str) -> Table:
     table = _table(title, "class", "IoU", "accuracy")
     for name, iou, acc in zip(class_names, metrics["per_class_iou"], metrics["per_class_acc"]):
@@ -133,7 +141,7 @@ def tide_table(analysis: dict, title: str) -> Table:
 
 def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
     """The table matching the metrics' kind (classification, VOC, COCO, keypoints, segmentation, embedding,
-    text)."""
+    text, proposals)."""
     if "voc07" in metrics:
         return voc_table(metrics, class_names, title)
     if "bbox" in metrics or "segm" in metrics:
@@ -146,6 +154,8 @@ def metrics_table(metrics: dict, class_names: list[str], title: str) -> Table:
         return embedding_table(metrics, class_names, title)
     if "word_acc" in metrics:
         return text_table(metrics, class_names, title)
+    if "AR" in metrics:
+        return proposals_table(metrics, class_names, title)
     return classification_table(metrics, class_names, title)
 
 

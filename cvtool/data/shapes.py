@@ -67,7 +67,7 @@ def _check_params(image_size: int, min_size: int, max_size: int, counts: dict[st
 
 
 @contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[], None]]:
+def progress_bar(description: str, total: int) -> Iterator[Callable[[], None]]:
     """A transient rich progress bar on stderr (silent when stderr is not a terminal); yields `advance`."""
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -84,7 +84,7 @@ def _map_images(work: Callable[[_Job], T], jobs: list[_Job], description: str) -
     parallel = (workers > 1 and len(jobs) >= PARALLEL_MIN_IMAGES and sys.platform == "linux"
                 and not multiprocessing.current_process().daemon)
     results: list[T] = []
-    with _progress(description, len(jobs)) as advance, ExitStack() as stack:
+    with progress_bar(description, len(jobs)) as advance, ExitStack() as stack:
         mapper: Callable[..., Iterator[T]] = map
         if parallel:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
