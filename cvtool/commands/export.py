@@ -22,10 +22,16 @@ from cvtool.config import runner
 from cvtool.engine.hardware import Hardware
 from cvtool.errors import CvtoolError, ExitRequest
 from cvtool.exporting.formats import SUFFIX, load_runner, onnx_opset, write
-from cvtool.exporting.graphs import FIXED_SIZE_KINDS, NORMALISED_KINDS, Graph, export_graph, nms_settings
+from cvtool.exporting.graphs import (
+    FIXED_SIZE_KINDS,
+    NORMALISED_KINDS,
+    Graph,
+    dense_selection,
+    export_graph,
+    select_dense,
+)
 from cvtool.exporting.runtime import sidecar_path
 from cvtool.exporting.verify import Check, as_detections, dense_check, detection_check, shape_name
-from cvtool.models.yolo import select_detections
 from cvtool.utils.atomic import atomic_write_text
 
 from . import components as C
@@ -96,9 +102,9 @@ def verify(graph: Graph, written_path: Path, inputs: list[torch.Tensor], cfg: Di
             continue
         check = dense_check(name, reference, exported, tol.atol, tol.rtol)
         if graph.kind == "dense_detector" and check.passed:  # and the detections NMS keeps from them
-            options, hw = nms_settings(graph.module.model), tuple(image.shape[-2:])
-            matches = [detection_check(name, select_detections(*(r[i] for r in reference), hw, **options),
-                                       select_detections(*(e[i] for e in exported), hw, **options),
+            options, hw = dense_selection(graph.module.model), tuple(image.shape[-2:])
+            matches = [detection_check(name, select_dense(*(r[i] for r in reference), hw, **options),
+                                       select_dense(*(e[i] for e in exported), hw, **options),
                                        tol.match_score, tol.box_atol, tol.score_atol) for i in range(len(image))]
             worst = next((m for m in matches if not m.passed), matches[0])
             check = Check(name, worst.passed, f"{check.detail}; {worst.detail}", check.max_diff)
@@ -159,7 +165,7 @@ def _postprocess(graph: Graph, model) -> dict:
         return {"boxes": "xyxy in input pixels", "scores": "confidence",
                 "labels": f"class index + {getattr(model, 'label_offset', 0)} (label_offset)", **keypoints}
     return {"boxes": "xyxy in input pixels, every prediction", "scores": "per-class confidence",
-            "select": nms_settings(model)}
+            "select": dense_selection(model)}
 
 
 def summary_table(written, checks: list[Check], size_mb: float) -> Table:

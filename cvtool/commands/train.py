@@ -62,6 +62,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path | None):
     trainer.register_hooks(lr=LRSchedulerHook())
     if t.ema.enabled:
         trainer.register_hooks(ema=EMAHook(model, t.ema.decay))
+    if hasattr(task, "extra_hooks"):  # (R-CNN: SVMs fitted after the last epoch, before its validation)
+        trainer.register_hooks(**task.extra_hooks(model, train_loader, hardware))
     trainer.register_hooks(eval=evaluation)
     if t.early_stop_patience:
         trainer.register_hooks(early_stop=EarlyStopHook(evaluation, t.early_stop_patience))

@@ -35,7 +35,7 @@ log = logging.getLogger("cvtool.visualize")
 EMBEDDING_VIEWS = ("roc", "projection", "neighbours")  # task=embedding: of the test identities' embeddings
 TEXT_VIEWS = ("alignment",)  # task=text: which CTC frame emitted which character
 FEATURES = ("filters", "activations", "adversarial", "class_model", "deepdream", "curves", "predictions",
-            "dataset", *EMBEDDING_VIEWS, *TEXT_VIEWS)
+            "dataset", "proposals", *EMBEDDING_VIEWS, *TEXT_VIEWS)
 SALIENCY_VARIANTS = ("plain", "smoothgrad", "integrated_gradients")
 ATTRIBUTIONS = ("saliency", "guided_backprop", "deconvnet", "gradcam", "guided_gradcam", "occlusion")
 SCORED = ("saliency", "guided_backprop", "gradcam", "occlusion")  # the methods evaluate=true compares
@@ -126,6 +126,8 @@ def visualize(method: str, cfg: DictConfig, run_dir: Path | None) -> dict:
         return write_curves(cfg, C.run_dir_path(run_dir) or Path("."))
     if method == "dataset":
         return draw_dataset(cfg, C.run_dir_path(run_dir) or Path("."))
+    if method == "proposals":
+        return draw_proposal_view(cfg, C.run_dir_path(run_dir) or Path("."))
     hardware = dataclasses.replace(C.setup(cfg), channels_last=False)  # captum's hooks want plain layouts
     model, task, class_names, _ = restore(cfg, hardware)
     model = model.float().eval()
@@ -321,8 +323,10 @@ def dense_attribution(method: str, cfg: DictConfig, model, task, class_names: li
             x = task.normalise(image[None], hardware).contiguous()
             scorer, target, title = explained_character(cfg, model, x, task)
         else:  # torchvision-style detectors normalise [0, 1] images themselves
+            from cvtool.tasks.detection_proposals import with_proposals
+
             x = image[None].to(hardware.device).float().div(255)
-            scorer, target, title = explained_box(model, x, class_names)
+            scorer, target, title = explained_box(with_proposals(model, dataset[i][1]), x, class_names)
         if target is None:  # nothing detected above the model's score threshold: nothing to explain
             maps.append(np.zeros(tuple(image.shape[-2:]), dtype=np.float32))
             raws.append(np.zeros(tuple(x.shape[1:]), dtype=np.float32))
@@ -381,6 +385,25 @@ def draw_dataset(cfg: DictConfig, out: Path) -> dict:
     drawn = task.draw_overlays(out / "dataset", dataset, task.ground_truth(dataset, count), count)
     log.info("ground truth of %d images of %s written to %s", drawn, dataset.source, out / "dataset")
     return {"run_dir": str(out), "num_images": drawn}
+
+
+def draw_proposal_view(cfg: DictConfig, out: Path) -> dict:
+    """Detection: the top 50 region proposals over the first visualize.images images of the split; the proposals of
+    ckpt='s model (model.proposals), else of task.proposals.method (a method or a proposal file)."""
+    from cvtool.viz.proposal_plots import draw_proposals
+
+    if cfg.task.name != "detection":
+        raise CvtoolError("proposals are drawn for detection", where="task", fix="use task=detection")
+    task = C.task_from(cfg)
+    task.proposal_spec = task.proposal_spec or str(cfg.task.proposals.method)
+    dataset = task.open_split(cfg.dataset.split, None, skip_invalid=cfg.data.skip_invalid, seed=cfg.seed)
+    count = min(cfg.visualize.images, len(dataset))
+    for index in range(count):
+        image, target = dataset[index]
+        draw_proposals(image.permute(1, 2, 0).numpy(), target["proposals"].numpy(),
+                       out / "proposals" / f"{index:05d}_{target['image_id']}.png")
+    log.info("proposals (%s) of %d images written to %s", task.proposal_spec, count, out / "proposals")
+    return {"run_dir": str(out), "num_images": count, "proposals": task.proposal_spec}
 
 
 def write_curves(cfg: DictConfig, out: Path) -> dict:

@@ -40,6 +40,7 @@ class DetectionItem:
     ignore: np.ndarray
     size: tuple[int, int] | None  # (width, height) from the annotations
     segmentation: list | None = None  # COCO polygons/RLE per object
+    proposals: np.ndarray | None = None  # (n, 4) ranked region proposals (fast_rcnn, rcnn), XYXY like `boxes`
 
 
 class DetectionSet(Dataset):
@@ -86,6 +87,9 @@ class DetectionSet(Dataset):
                   "labels": torch.as_tensor(item.labels[keep], dtype=torch.int64)}
         if self.with_masks:
             target["masks"] = tv_tensors.Mask(coco_masks(item, keep, height, width))
+        if item.proposals is not None:  # after "boxes": box-aware transforms move both, sanitizing reads "boxes"
+            target["proposals"] = tv_tensors.BoundingBoxes(torch.as_tensor(item.proposals, dtype=torch.float32),
+                                                           format="XYXY", canvas_size=(height, width))
         if self.transform is not None:
             before = len(target["labels"])
             image, target = self.transform(image, target)
@@ -112,10 +116,25 @@ def coco_masks(item: DetectionItem, keep: np.ndarray, height: int, width: int) -
     return torch.as_tensor(np.stack(masks) if masks else np.zeros((0, height, width), np.uint8))
 
 
-def with_sanitizing(transform: Callable | None) -> v2.Compose:
-    """The dataset's transforms followed by box clamping and removal of degenerate boxes (counted per item)."""
-    return v2.Compose([*([transform] if transform is not None else []), v2.ClampBoundingBoxes(),
-                       v2.SanitizeBoundingBoxes(min_size=1.0)])
+class with_sanitizing:  # noqa: N801 - used as a function
+    """The dataset's transforms followed by box clamping and removal of degenerate boxes (counted per item);
+    proposals are clamped and their degenerate ones dropped apart from the objects (v2's SanitizeBoundingBoxes
+    filters one set of boxes and its labels)."""
+
+    def __init__(self, transform: Callable | None):
+        self.transform = transform
+        self.sanitize = v2.Compose([v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0)])
+
+    def __call__(self, image, target: dict):
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        proposals = target.pop("proposals", None)
+        image, target = self.sanitize(image, target)
+        if proposals is not None:
+            proposals = v2.functional.clamp_bounding_boxes(proposals)
+            sides = proposals[:, 2:] - proposals[:, :2]
+            target["proposals"] = proposals[(sides >= 1.0).all(1)]
+        return image, target
 
 
 def box_problems(item: DetectionItem, where: str) -> list[str]:

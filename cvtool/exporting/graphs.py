@@ -10,8 +10,9 @@
 - torchvision detectors: ONE [0, 1] image of any size -> boxes, scores, labels (+ masks, or keypoints and their
   scores for Keypoint R-CNN); the model resizes and normalises inside, as in eager mode. Their data-dependent
   shapes need TorchScript or the TorchScript-based ONNX exporter;
-- our YOLO: a batch of [0, 1] images -> every prediction's boxes and confidences; thresholding and NMS run after
-  the graph (`yolo.select_detections`), so the graph has fixed shapes and exports to every format.
+- our YOLO and OverFeat: a batch of [0, 1] images -> every prediction's boxes and confidences; thresholding and
+  NMS (`yolo.select_detections`) or greedy merging (OverFeat's) run after the graph, so the graph has fixed shapes
+  and exports to every format.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from cvtool.errors import CvtoolError
 
 ALL_EXPORTERS = ("dynamo", "legacy")  # torch.onnx paths, in the order tried: torch.export-based, TorchScript-based
 # graphs of normalised batches (the rest take [0, 1] pixels)
@@ -67,10 +70,25 @@ class DenseDetections(nn.Module):
         return self.model.dense_detections(image)
 
 
-def nms_settings(model: nn.Module) -> dict:
-    """What `yolo.select_detections` needs besides the graph's outputs (recorded in the sidecar)."""
-    return {"score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
+def dense_selection(model: nn.Module) -> dict:
+    """How a dense detector's outputs become detections (recorded in the sidecar): OverFeat's greedy merge, else
+    YOLO's thresholds and NMS."""
+    if hasattr(model, "merge_settings"):
+        return {"method": "greedy_merge", **model.merge_settings()}
+    return {"method": "nms", "score_thresh": model.score_thresh, "nms_thresh": model.nms_thresh,
             "detections_per_img": model.detections_per_img}
+
+
+def select_dense(boxes: Tensor, scores: Tensor, image_hw, method: str = "nms", **settings) -> dict[str, Tensor]:
+    """One image's detections from its dense (P, 4) boxes and (P, C) confidences as `dense_selection` recorded
+    (sidecars without a method are YOLO's)."""
+    if method == "greedy_merge":
+        from cvtool.models.overfeat import merge_detections
+
+        return merge_detections(boxes, scores, image_hw, **settings)
+    from cvtool.models.yolo import select_detections
+
+    return select_detections(boxes, scores, image_hw, **settings)
 
 
 @dataclass
@@ -111,6 +129,10 @@ def export_graph(model: nn.Module, task: str, with_masks: bool = False) -> Graph
     if task == "keypoints" and not hasattr(model, "roi_heads"):  # our pose network (Keypoint R-CNN has RoI heads)
         axes = {0: "batch", 2: "height", 3: "width"}
         return Graph(model, "heatmap", ["heatmaps"], axes, {"heatmaps": axes})
+    if hasattr(model, "uses_proposals"):  # fast_rcnn (any proposals, rpn too: TorchScript cannot script it), rcnn
+        raise CvtoolError(f"{type(model).__name__} does not export: external region proposals are no graph input "
+                          "and its per-image RoI loops do not trace", where="cvtool export",
+                          fix="run it from its checkpoint (ckpt=); of the R-CNN lineage, overfeat exports")
     if hasattr(model, "dense_detections"):
         axes = {"boxes": {0: "batch", 1: "predictions"}, "scores": {0: "batch", 1: "predictions"}}
         return Graph(DenseDetections(model).eval(), "dense_detector", ["boxes", "scores"],

@@ -77,13 +77,13 @@ class ExportedModel(nn.Module):
             return self._batched(images)[0]
         if self.kind == "detector":
             return [dict(zip(self.outputs, self._run(image))) for image in images]
-        from cvtool.models.yolo import select_detections
+        from cvtool.exporting.graphs import select_dense
 
-        # dense_detector: the graph's dense predictions (one call for same-size images), then thresholds and NMS
+        # dense_detector: the graph's dense predictions (one call for same-size images), then NMS or greedy merging
         same_size = len({tuple(image.shape) for image in images}) == 1
         groups = [torch.stack(list(images))] if same_size else [image[None] for image in images]
         dense = [(b, s) for group in groups for b, s in zip(*self._batched(group))]
-        return [select_detections(boxes, scores, tuple(image.shape[-2:]), **self.select)
+        return [select_dense(boxes, scores, tuple(image.shape[-2:]), **self.select)
                 for image, (boxes, scores) in zip(images, dense)]
 
 

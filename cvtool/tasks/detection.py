@@ -18,6 +18,8 @@ from cvtool.metrics.base import Baseline, to_numpy
 from cvtool.metrics.coco import CocoEvaluator, coco_api, model_results
 from cvtool.metrics.voc import Boxes, VOCEvaluator, model_boxes_to_voc
 from cvtool.models import create_model
+from cvtool.models.registry import builder_kwargs
+from cvtool.tasks.detection_proposals import attach_source_proposals, attach_split_proposals, proposals_of
 from cvtool.tasks.images import NOT_BUILDER_ARGS
 
 log = logging.getLogger("cvtool.detection")
@@ -53,6 +55,8 @@ class DetectionTask:
         self.with_masks = self.model_cfg.get("name") == "mask_rcnn"
         self.removed_boxes = 0
         self.train_boxes: DetectionSet | None = None  # the training set, for YOLO's k-means anchors
+        spec = self.model_cfg.get("proposals")
+        self.proposal_spec = None if spec in (None, "rpn") else str(spec)  # external proposals: fast_rcnn, rcnn
 
     @property
     def metric(self) -> str:
@@ -78,10 +82,14 @@ class DetectionTask:
         dataset.transform = with_sanitizing(transform) if train else transform
         if train:
             self.train_boxes = dataset
+        if self.proposal_spec is not None:
+            attach_split_proposals(self, dataset, split, root)
         return dataset.cache() if ds.get("cache") else dataset
 
     def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
         kwargs = {k: v for k, v in model_cfg.items() if k not in NOT_BUILDER_ARGS}
+        if "proposals" in kwargs and "proposals" not in (builder_kwargs(model_cfg["name"]) or {"proposals": 0}):
+            kwargs.pop("proposals")  # (rcnn: proposals are data only)
         if kwargs.get("anchors") == "auto":  # YOLO: k-means anchors of the training boxes (restored models load theirs)
             kwargs["anchors"] = self.kmeans_anchors(kwargs) if self.train_boxes is not None else None
         return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],
@@ -135,7 +143,7 @@ class DetectionTask:
     def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         offset = label_offset(model)
         targets = [{**t, "labels": t["labels"] + offset} for t in batch["targets"]]
-        losses = model(batch["images"], targets)
+        losses = model(batch["images"], targets, **proposals_of(model, batch))
         weights = checked_loss_weights(self.cfg, losses)
         return {"loss": sum(v * weights.get(k, 1.0) for k, v in losses.items()),
                 **{k: v.detach() for k, v in losses.items()},
@@ -143,7 +151,7 @@ class DetectionTask:
 
     def inference_step(self, model: torch.nn.Module, batch: dict) -> list[dict]:
         offset = label_offset(model)
-        outputs = model(batch["images"])
+        outputs = model(batch["images"], **proposals_of(model, batch))
         return [{**o, "labels": o["labels"] - offset} for o in outputs]
 
     # --- results ---------------------------------------------------------------------------------------------
@@ -171,7 +179,17 @@ class DetectionTask:
         data = load_instances(self.dataset_cfg["ann_file"]) if coco else None
         dataset = DetectionSet(items, class_names, self.dataset_cfg["kind"], str(source), train=False, coco=data)
         dataset.transform = transform
+        if self.proposal_spec is not None:
+            attach_source_proposals(self, dataset)
         return dataset
+
+    def extra_hooks(self, model: torch.nn.Module, train_loader, hardware: Hardware) -> dict:
+        """Trainer hooks a model needs beyond the engine's (R-CNN: SVMs and box regressors fitted on cached CNN
+        features after the fine-tuning epochs), registered before validation."""
+        from cvtool.tasks.detection_proposals import ClassifierFitHook
+
+        fits = hasattr(getattr(model, "module", model), "fit_classifiers")
+        return {"fit_classifiers": ClassifierFitHook(self, train_loader, hardware)} if fits else {}
 
     def ground_truth(self, dataset: DetectionSet, count: int) -> list[dict]:
         """The first `count` images' annotations as outputs `draw_overlays` takes (every box scored 1)."""

@@ -1,0 +1,116 @@
+"""The R-CNN lineage on one dataset and evaluator: OverFeat, R-CNN, Fast R-CNN with selective search, Fast R-CNN with
+the fixed k-means boxes ("R-CNN minus R", Lenc & Vedaldi 2015) and Faster R-CNN, trained and evaluated on the embedded
+shapes devkit (`dataset=shapes_det`) in one run, side by side: VOC07 and VOC10 mAP on the val split, the training time
+(the whole `cvtool train` command; proposals are computed once beforehand, timed apart) and test images/s (the eval
+command less its start-up, proposal time excluded as in the Fast R-CNN paper).
+
+    python benchmarks/rcnn_lineage.py                       # every model, hardware.amp=auto, seed 0
+    python benchmarks/rcnn_lineage.py --only fast_rcnn_ss rcnn --precision fp32 --seed 1
+    python benchmarks/rcnn_lineage.py --quick               # a smoke run: tiny data, one epoch (no figures)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cvtool.engine.hardware import machine_summary
+
+RUNS = {  # name: (what it is, train overrides)
+    "overfeat": ("OverFeat (dense sliding windows, greedy merge)", ["model=overfeat"]),
+    "rcnn": ("R-CNN (selective search, warped crops, SVMs + ridge)", ["model=rcnn"]),
+    "fast_rcnn_ss": ("Fast R-CNN, selective search", ["model=fast_rcnn", "model.proposals=selective_search"]),
+    "fast_rcnn_minus_r": ("Fast R-CNN, fixed k-means boxes (minus R)", ["model=fast_rcnn", "model.proposals=kmeans"]),
+    "faster_rcnn": ("Faster R-CNN (RPN on the same trunk and head)", ["model=fast_rcnn", "model.proposals=rpn"]),
+}
+PRECISIONS = {"auto": "hardware.amp=auto", "fp32": "hardware.amp=off"}
+QUICK = ["data.limit=16", "trainer.epochs=1", "data.batch_size=4", "trainer.val_every=1"]
+
+
+def cvtool(*args: str) -> float:
+    """Run a cvtool command; its wall time in seconds."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cvtool", *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def proposals(method: str, split: str, runs: str) -> dict:
+    """`cvtool data proposals` for a split, timed; its recall report."""
+    out = Path(runs) / f"{split}.{method}.pkl"
+    seconds = cvtool("data", "proposals", f"method={method}", f"split={split}", f"task.proposals.output={out}")
+    report = json.loads(out.with_suffix(".recall.json").read_text())
+    return {"seconds": seconds, "per_image_ms": 1000 * seconds / max(1, report["images"]), **report["proposals"]}
+
+
+def measure(name: str, precision: str, seed: int, quick: bool, runs: str) -> dict:
+    overrides = ["task=detection", *RUNS[name][1], PRECISIONS[precision], f"seed={seed}", f"paths.runs={runs}",
+                 "plots=false", *(QUICK if quick else [])]
+    train_s = cvtool("train", *overrides)
+    run = max(Path(runs, "detection", "train").iterdir(), key=lambda p: p.stat().st_mtime)
+    trained = json.loads((run / "metrics.json").read_text())
+    ckpt = run / "checkpoints" / "best.pt"
+    out = Path(runs) / f"{name}.json"
+    eval_s = cvtool("eval", f"ckpt={ckpt}", f"paths.runs={runs}", f"json={out}", "plots=false",
+                    "analysis.enabled=false", *(["data.limit=16"] if quick else []))
+    metrics = json.loads(out.read_text())
+    startup_s = cvtool("eval", f"ckpt={ckpt}", f"paths.runs={runs}", "plots=false", "analysis.enabled=false",
+                       "data.limit=2")
+    images = metrics.get("num_images") or 400
+    return {"run": name, "precision": precision, "seed": seed, "voc07": metrics["voc07"]["mAP"],
+            "voc10": metrics["voc10"]["mAP"], "train_min": train_s / 60, "epochs": trained["epochs"],
+            "test_images_per_s": (images - 1) / max(1e-6, eval_s - startup_s),
+            "warnings": [w["kind"] for w in trained.get("warnings", [])]}
+
+
+def table(rows: list[dict], recall: dict) -> str:
+    lines = [f"machine: {machine_summary()}", "",
+             "| method | VOC07 mAP | VOC10 mAP | training (min) | test images/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        flag = f" ({', '.join(r['warnings'])})" if r["warnings"] else ""
+        lines.append(f"| {RUNS[r['run']][0]}{flag} | {r['voc07']:.3f} | {r['voc10']:.3f} | {r['train_min']:.1f} | "
+                     f"{r['test_images_per_s']:.1f} |")
+    if recall:
+        lines += ["", "| proposals (val) | per image (ms) | recall@0.5 (300) | recall@0.7 (300) | AR (300) |",
+                  "|---|---|---|---|---|"]
+        for method, r in recall.items():
+            lines.append(f"| {method} | {r['per_image_ms']:.0f} | {r['recall@0.5']['300']:.3f} | "
+                         f"{r['recall@0.7']['300']:.3f} | {r['AR']['300']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny data, one epoch: checks the benchmark runs")
+    parser.add_argument("--results", default="runs/benchmarks/rcnn_lineage.jsonl")
+    args = parser.parse_args()
+    rows, recall = [], {}
+    with tempfile.TemporaryDirectory() as runs:
+        if not args.quick:  # computed once (cached under the dataset root, where training reads them)
+            for method in ("selective_search", "kmeans", "edge"):
+                recall[method] = proposals(method, "val", runs)
+                if method != "edge":
+                    proposals(method, "train", runs)
+        for name in args.only:
+            row = measure(name, args.precision, args.seed, args.quick, runs)
+            print(f"{name}: VOC07 {row['voc07']:.3f} VOC10 {row['voc10']:.3f} in {row['train_min']:.1f} min, "
+                  f"{row['test_images_per_s']:.1f} test images/s", flush=True)
+            rows.append(row)
+    if not args.quick:
+        results = Path(args.results)
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"machine": machine_summary(), **row}) + "\n")
+    print(table(rows, recall))
+
+
+if __name__ == "__main__":
+    main()
