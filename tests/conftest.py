@@ -91,3 +91,25 @@ def forward_at(model, side: int) -> None:
     with torch.no_grad():
         model.train()(torch.randn(2, 3, side, side))
         model.eval()(torch.randn(1, 3, side, side))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread beats two that wait for each other (on a busy machine, by far). Modules use
+    it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_detections_inside(detections: list[dict], images: list, most: int, num_classes: int) -> None:
+    """Eval-mode detector outputs: one dict per image, 1..`most` boxes inside their image, int64 labels of the
+    classes, scores sorted best first."""
+    assert len(detections) == len(images)
+    for det, image in zip(detections, images):
+        height, width = image.shape[-2:]
+        boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
+        assert 0 < len(boxes) <= most and boxes.shape == (len(scores), 4) and labels.dtype == torch.int64
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        assert ((labels >= 0) & (labels < num_classes)).all() and (scores[:-1] >= scores[1:]).all()

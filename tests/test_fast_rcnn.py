@@ -15,13 +15,7 @@ SMALL = {"backbone": "shapes_cnn", "backbone_options": {"width": 8}, "head_width
          "max_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread only contends with the other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_detections_inside
 from torchvision.ops import box_iou
 
 from cvtool.errors import CvtoolError
@@ -21,14 +22,7 @@ from cvtool.models.overfeat import (
     window_centres,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread beats two that wait for each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _target(boxes: list[list[float]], labels: list[int]) -> dict:
@@ -149,14 +143,7 @@ def test_eval_returns_detections_inside_each_image():
     assert model.label_offset == 0 and model.explained_layer == "trunk.7"
     images = [torch.rand(3, 100, 140), torch.rand(3, 128, 128)]
     with torch.no_grad():
-        detections = model(images)
-    assert len(detections) == 2
-    for det, image in zip(detections, images):
-        height, width = image.shape[-2:]
-        boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
-        assert 0 < len(boxes) <= 7 and boxes.shape == (len(scores), 4) and labels.dtype == torch.int64
-        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
-        assert ((labels >= 0) & (labels < 4)).all() and (scores[:-1] >= scores[1:]).all()
+        assert_detections_inside(model(images), images, 7, 4)
 
 
 @pytest.mark.parametrize(("options", "key"), [({"window": 4}, "model.window"), ({"scales": [0.0]}, "model.scales"),

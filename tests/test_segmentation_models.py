@@ -29,13 +29,7 @@ TINY = {  # small widths keep every forward on 97x131 well under a second
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread beats two that wait for each other (on a busy machine, by far)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits_of(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

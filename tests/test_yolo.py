@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import assert_detections_inside
 from torchvision.ops import box_iou
 
 from cvtool.models.yolo import YOLOv2, decode_boxes, encode_boxes, kmeans_anchors
@@ -52,14 +53,8 @@ def test_eval_returns_detections_inside_each_image():
     images = [torch.rand(3, 100, 140), torch.rand(3, 128, 128)]
     with torch.no_grad():
         detections = model(images)
-    assert len(detections) == 2
-    for det, image in zip(detections, images):
-        height, width = image.shape[-2:]
-        boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
-        assert 0 < len(boxes) <= 7 and boxes.shape == (len(scores), 4) and labels.dtype == torch.int64
-        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
-        assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
-        assert ((scores >= 0) & (scores <= 1)).all() and ((labels >= 0) & (labels < 4)).all()
+    assert_detections_inside(detections, images, 7, 4)
+    assert all(((d["scores"] >= 0) & (d["scores"] <= 1)).all() for d in detections)
 
 
 def test_encoded_box_decodes_back_to_the_original_image_coordinates(monkeypatch):
