@@ -100,6 +100,8 @@ def test_missing_proposals_are_a_user_error():
         model.train()([torch.rand(3, 32, 32)], [_target([[1, 1, 9, 9]], [1])])
     with pytest.raises(CvtoolError, match="proposals"):
         model.eval()([torch.rand(3, 32, 32)])
+    with pytest.raises(CvtoolError, match="model=fast_rcnn model.proposals=rpn"):  # an RPN is fast_rcnn's
+        _model(proposals="rpn")
 
 
 def _scene(colour: int, box: list[int], seed: int) -> torch.Tensor:

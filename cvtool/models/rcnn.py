@@ -361,17 +361,22 @@ def _backbone(name: str, num_classes: int, in_channels: int, crop_size: int,
                             "(hard-negative mining) and ridge box regression; external proposals")
 def rcnn(num_classes: int, in_channels: int = 3, weights: str | None = None, *, backbone: str = "shapes_cnn",
          backbone_options: Mapping[str, object] | None = None, crop_size: int = 48, padding: float | None = None,
-         regions_per_image: int = 32, fg_fraction: float = 0.25, test_proposals: int = 2000,
-         fit_proposals: int = 2000, chunk_size: int = 256, svm_C: float = 0.001, svm_pos_weight: float = 2.0,
-         svm_negatives: int = 2000, svm_rounds: int = 3, ridge_alpha: float | None = None,
+         proposals: str = "selective_search", regions_per_image: int = 32, fg_fraction: float = 0.25,
+         test_proposals: int = 2000, fit_proposals: int = 2000, chunk_size: int = 256, svm_C: float = 0.001,
+         svm_pos_weight: float = 2.0, svm_negatives: int = 2000, svm_rounds: int = 3, ridge_alpha: float | None = None,
          score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
          image_mean: list[float] | None = None, image_std: list[float] | None = None) -> RCNN:
     """`backbone` (a registered classifier, built with `backbone_options`, e.g. weights=DEFAULT) on crop_size px
-    warps with `padding` px of context (None: the paper's 16 px at 227, scaled); fine-tuned on regions_per_image
-    regions per image, fg_fraction foreground. SVMs: C, positive weight, initial random negatives, mining rounds;
-    ridge_alpha None: the paper's 1000 scaled by feature size / 9216. Eval: the first test_proposals proposals,
+    warps with `padding` px of context (None: the paper's 16 px at 227, scaled), on `proposals` (a method or file the
+    task attaches to the data); fine-tuned on regions_per_image regions per image, fg_fraction foreground. SVMs: C,
+    positive weight, initial random negatives, mining rounds; ridge_alpha None: the paper's 1000 scaled by feature
+    size / 9216. Eval: the first test_proposals proposals,
     scores sigmoid(SVM margin) (softmax before fitting) above score_thresh, per-class NMS at nms_thresh."""
     reject_weights_name("rcnn", weights)
+    if proposals == "rpn":  # the proposals themselves are data: the task reads them (model.proposals)
+        raise CvtoolError("rcnn reads external proposals, it has no RPN", where="model.proposals",
+                          fix="use selective_search, edge, kmeans or a proposal file; an RPN: model=fast_rcnn "
+                              "model.proposals=rpn")
     padding = PAPER_PADDING * crop_size / PAPER_CROP if padding is None else float(padding)
     if not 0 <= padding < crop_size / 2:
         raise CvtoolError(f"model.padding must be in [0, crop_size / 2), got {padding}", where="model.padding",

@@ -18,7 +18,6 @@ from cvtool.metrics.base import Baseline, to_numpy
 from cvtool.metrics.coco import CocoEvaluator, coco_api, model_results
 from cvtool.metrics.voc import Boxes, VOCEvaluator, model_boxes_to_voc
 from cvtool.models import create_model
-from cvtool.models.registry import builder_kwargs
 from cvtool.tasks.detection_proposals import attach_source_proposals, attach_split_proposals, proposals_of
 from cvtool.tasks.images import NOT_BUILDER_ARGS
 
@@ -88,8 +87,6 @@ class DetectionTask:
 
     def build_model(self, model_cfg: dict, num_classes: int) -> torch.nn.Module:
         kwargs = {k: v for k, v in model_cfg.items() if k not in NOT_BUILDER_ARGS}
-        if "proposals" in kwargs and "proposals" not in (builder_kwargs(model_cfg["name"]) or {"proposals": 0}):
-            kwargs.pop("proposals")  # (rcnn: proposals are data only)
         if kwargs.get("anchors") == "auto":  # YOLO: k-means anchors of the training boxes (restored models load theirs)
             kwargs["anchors"] = self.kmeans_anchors(kwargs) if self.train_boxes is not None else None
         return create_model(model_cfg["name"], num_classes=num_classes, in_channels=self.dataset_cfg["channels"],
